@@ -1,0 +1,1 @@
+"""absnet: a compiler for provably robust neural networks."""
