@@ -75,10 +75,10 @@ def transformer(op: str, domain: str, *, out: str | None = None) -> Callable[[Ru
 
 def load_rules() -> dict[tuple[str, str], Rule]:
     """Import every rule module (registration happens at import) and return the table."""
-    import absnet.transformers.activations  # noqa: F401
-    import absnet.transformers.affine  # noqa: F401
-    import absnet.transformers.directives  # noqa: F401
-    import absnet.transformers.pooling  # noqa: F401
+    import absnet.transformers.activations
+    import absnet.transformers.affine
+    import absnet.transformers.directives
+    import absnet.transformers.pooling
     import absnet.transformers.structure  # noqa: F401
 
     return RULES

@@ -119,9 +119,10 @@ class TorchOps:
         return torch.zeros_like(x)
 
     def rand_like(self, x: torch.Tensor) -> torch.Tensor:
-        if self.generator is None or self.generator.device != x.device:
+        if self.generator is None:
             return torch.rand(x.shape, dtype=x.dtype, device=x.device)
-        return torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=self.generator)
+        g = self.generator
+        return torch.rand(x.shape, dtype=x.dtype, device=g.device, generator=g).to(x.device)
 
     def detach(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach()

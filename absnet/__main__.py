@@ -1,0 +1,7 @@
+"""``python -m absnet`` runs the ``absc`` command line."""
+
+import sys
+
+from absnet.cli import main
+
+sys.exit(main())

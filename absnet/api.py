@@ -1,0 +1,45 @@
+"""The public Python API (re-exported by ``absnet``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from absnet.backends.torch.network import AbstractNetwork
+from absnet.diagnostics import AbsnetError, Diagnostic
+from absnet.passes.pipeline import lower
+
+
+def compile_source(
+    text: str,
+    network: str | None = None,
+    *,
+    args: Mapping[str, Any] | None = None,
+    file: str = "<string>",
+    seed: int = 0,
+) -> AbstractNetwork:
+    """Compile ``.absnet`` source to an :class:`AbstractNetwork` (``network=None``: the last one).
+
+    >>> import absnet
+    >>> net = absnet.compile_source("network N { input [4]  Linear(2) }")
+    >>> net.output_shape
+    (2,)
+    """
+    graph, _ = lower(text, file=file, network=network, args=args)
+    return AbstractNetwork(graph, source=text, seed=seed)
+
+
+def compile_file(
+    path: str | Path, network: str | None = None, *, args: Mapping[str, Any] | None = None, seed: int = 0
+) -> AbstractNetwork:
+    """Compile a network of an ``.absnet`` file; ``args`` instantiates its parameters.
+
+    >>> net = compile_file("models/diffai.absnet", network="ConvSmall", args={"in_ch": 3, "size": 32})  # doctest: +SKIP
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise AbsnetError(Diagnostic("E604", f"cannot read {path}: {e.strerror}")) from None
+    return compile_source(text, network, args=args, file=str(path), seed=seed)

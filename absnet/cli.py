@@ -1,0 +1,247 @@
+"""The ``absc`` command line: check, show, ops, bounds, demo, version.
+
+Exit codes: 0 ok, 1 the input has errors, 2 bad command line, 70 internal error.
+Results go to stdout, progress and diagnostics to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from absnet.diagnostics import AbsnetError, Diagnostic
+
+DEFAULT_DOMAINS = ("Box()", "HBox()", "HSwitch()", "HNIPS()", "ZNIPS()")
+
+
+def _parse_args_kv(items: Sequence[str]) -> dict[str, Any]:
+    """``--arg in_ch=3`` values: ints, floats, true/false, or comma lists of numbers."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"absc: error: --arg expects NAME=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = _value(v.strip())
+    return out
+
+
+def _value(v: str) -> Any:
+    if v in ("true", "false"):
+        return v == "true"
+    if "," in v or v.startswith("["):
+        return [_value(x) for x in v.strip("[]").split(",") if x.strip()]
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise AbsnetError(Diagnostic("E604", f"cannot read {path}: {e.strerror}")) from None
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from absnet import frontend
+    from absnet.passes.pipeline import lower
+
+    failed = False
+    for path in a.files:
+        try:
+            text = _read(path)
+            names = [a.network] if a.network else frontend.list_networks(text, file=path)
+            for name in names:
+                lower(text, file=path, network=name, args=_parse_args_kv(a.arg))
+            print(f"{path}: ok ({len(names)} network{'s' if len(names) != 1 else ''})")
+        except AbsnetError as e:
+            failed = True
+            print(e.render(), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from absnet.ir.printer import print_graph
+    from absnet.passes.estimate_cost import estimate
+    from absnet.passes.infer_domains import InferDomains
+    from absnet.passes.pipeline import lower
+
+    graph, _ = lower(_read(a.file), file=a.file, network=a.network, args=_parse_args_kv(a.arg))
+    meta: tuple[str, ...] = ("shape",)
+    if a.domain:
+        from absnet.frontend import parse_analysis
+
+        analysis = parse_analysis(a.domain)
+        InferDomains(analysis, a.train).run(graph)
+        report = estimate(graph, analysis, a.train)
+        meta = ("shape", "domain", "generators")
+        print(print_graph(graph, meta=meta))
+        print(f"# {report.describe(a.batch)}")
+        return 0
+    print(print_graph(graph, meta=meta))
+    return 0
+
+
+def cmd_ops(a: argparse.Namespace) -> int:
+    from absnet.ir.domains import DOMAIN_KINDS
+    from absnet.ir.ops import CATALOG_LIST
+    from absnet.transformers.registry import load_rules
+
+    rules = load_rules()
+    width = max(len(op.name) for op in CATALOG_LIST) + 2
+    print("op".ljust(width) + "category    " + "".join(d.ljust(10) for d in DOMAIN_KINDS) + "doc")
+    for op in CATALOG_LIST:
+        if op.category == "input":
+            continue
+        marks = "".join(("yes" if (op.name, d) in rules else "-").ljust(10) for d in DOMAIN_KINDS)
+        print(op.name.ljust(width) + op.category.ljust(12) + marks + op.doc)
+    return 0
+
+
+def cmd_bounds(a: argparse.Namespace) -> int:
+    import torch
+
+    import absnet
+
+    net = absnet.compile_file(a.file, a.network, args=_parse_args_kv(a.arg), seed=a.seed)
+    net.eval()
+    g = torch.Generator().manual_seed(a.seed)
+    lo, hi = net.input_range
+    x = lo + (hi - lo) * torch.rand((a.batch, *net.input_shape), generator=g)
+    print(_bounds_table(net, x, a.eps, a.domain or DEFAULT_DOMAINS))
+    return 0
+
+
+def _bounds_table(net: Any, x: Any, eps: float, domains: Sequence[str]) -> str:
+    import torch
+
+    rows = [f"{'analysis':<12}{'mean width':>14}{'max width':>14}{'time (s)':>10}"]
+    with torch.no_grad():
+        for d in domains:
+            t0 = time.perf_counter()
+            lo, up = net.bounds(x, eps, domain=d)
+            dt = time.perf_counter() - t0
+            w = up - lo
+            rows.append(f"{d:<12}{w.mean().item():>14.4g}{w.max().item():>14.4g}{dt:>10.3f}")
+    return "\n".join(rows)
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    import torch
+
+    import absnet
+    from absnet import frontend
+    from absnet.passes.estimate_cost import parameter_count
+    from absnet.passes.pipeline import lower
+
+    models = Path(a.models)
+    files = sorted(models.glob("*.absnet"))
+    if not files:
+        raise AbsnetError(Diagnostic("E604", f"no .absnet files in {models}", help="pass --models DIR"))
+    print(f"{'model':<28}{'file':<28}{'parameters':>14}")
+    for f in files:
+        text = f.read_text()
+        for name in frontend.list_networks(text, file=str(f)):
+            graph, _ = lower(text, file=str(f), network=name)
+            print(f"{name:<28}{f.name:<28}{parameter_count(graph):>14,}")
+    g = torch.Generator().manual_seed(0)
+    for f, name in a.bounds_models:
+        net = absnet.compile_file(models / f, name, seed=0).eval()
+        x = torch.rand((4, *net.input_shape), generator=g)
+        print(f"\n{name} (untrained, seed 0), 4 random inputs, eps = {a.eps}")
+        print(_bounds_table(net, x, a.eps, DEFAULT_DOMAINS))
+    return 0
+
+
+def cmd_version(a: argparse.Namespace) -> int:
+    import absnet
+
+    print(f"absnet {absnet.__version__}")
+    if a.full:
+        import lark
+        import networkx
+        import torch
+
+        print(f"python {platform.python_version()} ({platform.platform()})")
+        print(f"torch {torch.__version__}, lark {lark.__version__}, networkx {networkx.__version__}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="absc", description="absnet: compile and analyse provably robust networks")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def net_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--network", "-n", help="which network of the file (default: the last one)")
+        s.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                       help="network parameter, e.g. --arg in_ch=3 --arg size=32")
+
+    s = sub.add_parser("check", help="check .absnet files and report every problem")
+    s.add_argument("files", nargs="+")
+    net_args(s)
+    s.set_defaults(fn=cmd_check)
+
+    s = sub.add_parser("show", help="print a compiled network's IR")
+    s.add_argument("what", choices=["ir"])
+    s.add_argument("file")
+    net_args(s)
+    s.add_argument("--domain", help="also type the IR under this analysis and estimate its cost, e.g. HBox()")
+    s.add_argument("--train", action="store_true", help="with --domain: training mode")
+    s.add_argument("--batch", type=int, default=1, help="with --domain: batch size for the memory estimate")
+    s.set_defaults(fn=cmd_show)
+
+    s = sub.add_parser("ops", help="print the (op x domain) support matrix")
+    s.set_defaults(fn=cmd_ops)
+
+    s = sub.add_parser("bounds", help="bound a network's outputs on random inputs under several analyses")
+    s.add_argument("file")
+    net_args(s)
+    s.add_argument("--domain", "-d", action="append", help=f"analysis (repeatable; default {DEFAULT_DOMAINS})")
+    s.add_argument("--eps", type=float, default=0.01)
+    s.add_argument("--batch", type=int, default=4)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_bounds)
+
+    s = sub.add_parser("demo", help="compile the model zoo and print a bounds table")
+    s.add_argument("--models", default=str(Path(__file__).resolve().parents[1] / "models"))
+    s.add_argument("--eps", type=float, default=0.01)
+    s.set_defaults(fn=cmd_demo, bounds_models=[("diffai.absnet", "FFNN"), ("diffai.absnet", "ConvSmall")])
+
+    s = sub.add_parser("version", help="print versions")
+    s.add_argument("--full", action="store_true")
+    s.set_defaults(fn=cmd_version)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``absc``; return the exit code."""
+    parser = build_parser()
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        return a.fn(a)
+    except AbsnetError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("absc: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        if a.debug:
+            traceback.print_exc()
+        else:
+            print("absc: internal error; please report it with the output of `absc version --full` "
+                  "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 70

@@ -1,0 +1,50 @@
+"""The compiler pipeline: source → IR → checked IR → AbstractNetwork.
+
+Order: resolve and lower (``absnet.frontend``) → infer_shapes → infer_domains (every analysis,
+train and eval mode, for ``check``) → decompose and estimate_cost (per analysis, in the backends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from absnet.diagnostics import AbsnetError, Diagnostic, SourceMap
+from absnet.ir.domains import ANALYSES, Analysis
+from absnet.ir.graph import IRGraph
+from absnet.passes.infer_domains import InferDomains
+from absnet.passes.infer_shapes import InferShapes
+
+
+def check_graph(graph: IRGraph, analyses: Iterable[Analysis] | None = None) -> IRGraph:
+    """Infer shapes, then type the graph under every analysis in both modes; raise all errors."""
+    InferShapes().run(graph)
+    found: dict[tuple, Diagnostic] = {}
+    for a in analyses if analyses is not None else ANALYSES.values():
+        for training in (False, True):
+            try:
+                InferDomains(a, training).run(graph.copy())
+            except AbsnetError as e:
+                for d in e.diagnostics:
+                    found.setdefault((d.code, d.span, d.message), d)
+    if found:
+        raise AbsnetError(list(found.values()))
+    return graph
+
+
+def lower(
+    text: str, *, file: str = "<string>", network: str | None = None, args: Mapping[str, Any] | None = None
+) -> tuple[IRGraph, SourceMap]:
+    """Parse and lower one network of ``text`` to a shaped, domain-checked IR graph."""
+    from absnet import frontend
+
+    sources = SourceMap()
+    sources.add(file, text)
+    try:
+        graph = frontend.lower_network(text, network=network, args=args, file=file)
+        check_graph(graph)
+    except AbsnetError as e:
+        if e.sources is None:
+            raise e.with_sources(sources) from None
+        raise
+    return graph, sources

@@ -1,0 +1,323 @@
+"""Affine and shape layers: Linear, Conv2d, Normalize, BatchNorm1d/2d, Dropout, Identity, Flatten,
+Reshape — for points, boxes and (hybrid) zonotopes.
+
+All of them are affine maps, so the abstract rules are exact (DiffAI, ICML 2018, §1.2 of
+reference/diffai.md): the centre takes the map with its bias, generators take the linear part, and
+box radii take the linear part with |weights| (interval arithmetic, sound because
+|Σ w_j b_j η_j| ≤ Σ |w_j| b_j). Centre and generators go through one batched matmul/conv.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from absnet.domains.box import Box
+from absnet.ir.ops import reshape_shape
+from absnet.transformers._zono import (
+    Map,
+    Value,
+    center_of,
+    const,
+    elem_shape,
+    map_affine,
+    numel,
+    reshape_value,
+    scale_shift,
+)
+from absnet.transformers.registry import RuleContext, transformer
+
+T = Any
+
+
+# --------------------------------------------------------------------------- Linear
+
+
+def _linear_maps(ctx: RuleContext) -> tuple[Map, Map, Map | None]:
+    ops = ctx.ops
+    w = ctx.params["weight"]
+    wt = ops.transpose(w, (1, 0))
+    bias = ctx.params.get("bias")
+    wt_abs = ops.abs(wt)
+    return (
+        lambda t: ops.matmul(t, wt),
+        lambda t: ops.matmul(t, wt_abs),
+        None if bias is None else (lambda t: ops.add(t, bias)),
+    )
+
+
+@transformer("Linear", "point")
+def linear_point(ctx: RuleContext, x: T) -> T:
+    """The concrete dense layer y = x·Wᵀ + b."""
+    lin, _, bias = _linear_maps(ctx)
+    y = lin(x)
+    return y if bias is None else bias(y)
+
+
+@transformer("Linear", "box")
+def linear_box(ctx: RuleContext, x: Box) -> Box:
+    """c' = c·Wᵀ + b, r' = r·|W|ᵀ: interval arithmetic, exact per output (DiffAI 2018 / IBP)."""
+    return map_affine(ctx.ops, x, *_linear_maps(ctx))
+
+
+@transformer("Linear", "zonotope")
+def linear_zonotope(ctx: RuleContext, x: Value) -> Value:
+    """Centre and generators in one matmul (exact, affine maps preserve zonotopes); box radii
+    through |W| (sound by the triangle inequality). DiffAI 2018 §1.2."""
+    return map_affine(ctx.ops, x, *_linear_maps(ctx))
+
+
+# --------------------------------------------------------------------------- Conv2d
+
+
+def _conv_maps(ctx: RuleContext) -> tuple[Map, Map, Map | None]:
+    ops, a = ctx.ops, ctx.attrs
+    w = ctx.params["weight"]
+    w_abs = ops.abs(w)
+    bias = ctx.params.get("bias")
+    geo = (a["stride"], a["padding"], a["dilation"], a["groups"])
+
+    def conv(wt: T) -> Map:
+        return lambda t: ops.conv(t, wt, None, *geo)
+
+    def add_bias(t: T) -> T:
+        return ops.add(t, ops.reshape(bias, (-1, 1, 1)))
+
+    return conv(w), conv(w_abs), None if bias is None else add_bias
+
+
+@transformer("Conv2d", "point")
+def conv2d_point(ctx: RuleContext, x: T) -> T:
+    """The concrete 2-D convolution (zero padding)."""
+    a = ctx.attrs
+    return ctx.ops.conv(x, ctx.params["weight"], ctx.params.get("bias"), a["stride"], a["padding"],
+                        a["dilation"], a["groups"])
+
+
+@transformer("Conv2d", "box")
+def conv2d_box(ctx: RuleContext, x: Box) -> Box:
+    """c' = conv(c, W) + b, r' = conv(r, |W|): interval arithmetic (DiffAI 2018 §1.2)."""
+    return map_affine(ctx.ops, x, *_conv_maps(ctx))
+
+
+@transformer("Conv2d", "zonotope")
+def conv2d_zonotope(ctx: RuleContext, x: Value) -> Value:
+    """Centre and generators folded into one batch through conv(·, W) (exact); box radii through
+    conv(·, |W|) (sound). DiffAI 2018 §1.2."""
+    return map_affine(ctx.ops, x, *_conv_maps(ctx))
+
+
+# --------------------------------------------------------------------------- Normalize
+
+
+def _channel_shape(ctx: RuleContext, x: Value, n: int) -> tuple[int, ...]:
+    rank = len(elem_shape(ctx.ops, center_of(x)))
+    return (n,) + (1,) * (rank - 1)
+
+
+def _normalize(ctx: RuleContext, x: Value) -> Value:
+    ops, a = ctx.ops, ctx.attrs
+    c = center_of(x)
+    shape = _channel_shape(ctx, x, len(a["mean"]))
+    std = [float(s) for s in a["std"]]
+    scale = const(ops, [1.0 / s for s in std], c)
+    shift = const(ops, [-m / s for m, s in zip(a["mean"], std, strict=True)], c)
+    return scale_shift(ops, x, ops.reshape(scale, shape), ops.reshape(shift, shape))
+
+
+@transformer("Normalize", "point")
+def normalize_point(ctx: RuleContext, x: T) -> T:
+    """(x − mean) / std per channel, computed as x·(1/std) − mean/std."""
+    return _normalize(ctx, x)
+
+
+@transformer("Normalize", "box")
+def normalize_box(ctx: RuleContext, x: Box) -> Box:
+    """Elementwise affine map: c' = c/std − mean/std, r' = r/|std| (exact)."""
+    return _normalize(ctx, x)
+
+
+@transformer("Normalize", "zonotope")
+def normalize_zonotope(ctx: RuleContext, x: Value) -> Value:
+    """Elementwise affine map on centre, generators and |scale| on box radii (exact, DiffAI §1.2)."""
+    return _normalize(ctx, x)
+
+
+# --------------------------------------------------------------------------- BatchNorm
+
+
+def _batchnorm(ctx: RuleContext, x: Value) -> Value:
+    """Shared BatchNorm rule. Eval: running statistics. Training: biased per-channel batch
+    statistics of the concrete values (a point, or the centre of an abstract value, detached as in
+    DiffAI), and the running statistics move by ``momentum`` (unbiased variance, as torch)."""
+    ops, a, p = ctx.ops, ctx.attrs, ctx.params
+    c = center_of(x)
+    shape = elem_shape(ops, c)
+    cshape = (shape[0],) + (1,) * (len(shape) - 1)
+    eps = const(ops, a["eps"], c)
+    if ctx.training:
+        conc = c if c is x else ops.detach(c)
+        axes = [0, *range(2, len(shape) + 1)]
+        count = ops.sum(ops.add(ops.zeros_like(conc), const(ops, 1.0, conc)), axes)
+        mean = ops.div(ops.sum(conc, axes), count)
+        dev = ops.sub(conc, ops.reshape(mean, cshape))
+        var = ops.div(ops.sum(ops.mul(dev, dev), axes), count)
+        if ctx.set_buffer is not None:
+            mom = const(ops, a["momentum"], c)
+            keep = const(ops, 1.0 - a["momentum"], c)
+            one = const(ops, 1.0, c)
+            unbiased = ops.div(ops.mul(var, count), ops.maximum(ops.sub(count, one), one))
+            for name, stat in (("running_mean", mean), ("running_var", unbiased)):
+                new = ops.add(ops.mul(p[name], keep), ops.mul(ops.detach(stat), mom))
+                ctx.set_buffer(name, ops.detach(new))
+    else:
+        mean, var = p["running_mean"], p["running_var"]
+    scale = ops.div(const(ops, 1.0, c), ops.sqrt(ops.add(var, eps)))
+    if p.get("weight") is not None:
+        scale = ops.mul(scale, p["weight"])
+    shift = ops.neg(ops.mul(mean, scale))
+    if p.get("bias") is not None:
+        shift = ops.add(shift, p["bias"])
+    return scale_shift(ops, x, ops.reshape(scale, cshape), ops.reshape(shift, cshape))
+
+
+@transformer("BatchNorm1d", "point")
+def batchnorm1d_point(ctx: RuleContext, x: T) -> T:
+    """Concrete batch normalisation of features (batch statistics in training mode)."""
+    return _batchnorm(ctx, x)
+
+
+@transformer("BatchNorm1d", "box")
+def batchnorm1d_box(ctx: RuleContext, x: Box) -> Box:
+    """Per-feature affine map with fixed statistics (running, or the centre's batch statistics in
+    training as DiffAI): exact on the centre, |scale| on radii."""
+    return _batchnorm(ctx, x)
+
+
+@transformer("BatchNorm1d", "zonotope")
+def batchnorm1d_zonotope(ctx: RuleContext, x: Value) -> Value:
+    """Per-feature affine map with fixed statistics: exact on centre and generators, |scale| on
+    box radii (DiffAI 2018 §1.2; statistics per channel, not per element, fixing §9.4)."""
+    return _batchnorm(ctx, x)
+
+
+@transformer("BatchNorm2d", "point")
+def batchnorm2d_point(ctx: RuleContext, x: T) -> T:
+    """Concrete batch normalisation of images per channel."""
+    return _batchnorm(ctx, x)
+
+
+@transformer("BatchNorm2d", "box")
+def batchnorm2d_box(ctx: RuleContext, x: Box) -> Box:
+    """Per-channel affine map with fixed statistics: exact centre, |scale| on radii."""
+    return _batchnorm(ctx, x)
+
+
+@transformer("BatchNorm2d", "zonotope")
+def batchnorm2d_zonotope(ctx: RuleContext, x: Value) -> Value:
+    """Per-channel affine map with fixed statistics: exact on centre and generators, |scale| on
+    box radii (DiffAI 2018 §1.2)."""
+    return _batchnorm(ctx, x)
+
+
+# --------------------------------------------------------------------------- Dropout
+
+
+def _dropout(ctx: RuleContext, x: Value) -> Value:
+    """Training: multiply by the mask [u ≥ p]/(1 − p) with u = rand_like (one draw per example
+    element, shared by centre, radii and generators). Eval: identity. p ≥ 1 drops everything."""
+    if not ctx.training:
+        return x
+    ops, p = ctx.ops, float(ctx.attrs["p"])
+    c = center_of(x)
+    if p <= 0.0:
+        return x
+    keep_scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+    noise = ops.rand_like(c)
+    mask = ops.where(ops.greater(const(ops, p, c), noise), ops.zeros_like(noise),
+                     ops.add(ops.zeros_like(noise), const(ops, keep_scale, c)))
+    return scale_shift(ops, x, mask, per_ex=True)
+
+
+@transformer("Dropout", "point")
+def dropout_point(ctx: RuleContext, x: T) -> T:
+    """Concrete (inverted) dropout in training mode, identity in eval mode."""
+    return _dropout(ctx, x)
+
+
+@transformer("Dropout", "box")
+def dropout_box(ctx: RuleContext, x: Box) -> Box:
+    """Multiplication by a fixed non-negative mask: exact on centre and radii (DiffAI §1.2)."""
+    return _dropout(ctx, x)
+
+
+@transformer("Dropout", "zonotope")
+def dropout_zonotope(ctx: RuleContext, x: Value) -> Value:
+    """Multiplication by a fixed non-negative per-example mask: exact on centre, generators and
+    box radii (DiffAI §1.2)."""
+    return _dropout(ctx, x)
+
+
+# --------------------------------------------------------------------------- Identity, Flatten, Reshape
+
+
+@transformer("Identity", "point")
+def identity_point(ctx: RuleContext, x: T) -> T:
+    """No-op."""
+    return x
+
+
+@transformer("Identity", "box")
+def identity_box(ctx: RuleContext, x: Box) -> Box:
+    """No-op (exact)."""
+    return x
+
+
+@transformer("Identity", "zonotope")
+def identity_zonotope(ctx: RuleContext, x: Value) -> Value:
+    """No-op (exact)."""
+    return x
+
+
+def _flatten(ctx: RuleContext, x: Value) -> Value:
+    return reshape_value(ctx.ops, x, (numel(elem_shape(ctx.ops, center_of(x))),))
+
+
+@transformer("Flatten", "point")
+def flatten_point(ctx: RuleContext, x: T) -> T:
+    """Flatten every example to [features]."""
+    return _flatten(ctx, x)
+
+
+@transformer("Flatten", "box")
+def flatten_box(ctx: RuleContext, x: Box) -> Box:
+    """Flatten centre and radii alike (exact)."""
+    return _flatten(ctx, x)
+
+
+@transformer("Flatten", "zonotope")
+def flatten_zonotope(ctx: RuleContext, x: Value) -> Value:
+    """Flatten centre, radii and each generator alike (exact, DiffAI §1.2)."""
+    return _flatten(ctx, x)
+
+
+def _reshape(ctx: RuleContext, x: Value) -> Value:
+    in_shape = elem_shape(ctx.ops, center_of(x))
+    return reshape_value(ctx.ops, x, reshape_shape([in_shape], ctx.attrs))
+
+
+@transformer("Reshape", "point")
+def reshape_point(ctx: RuleContext, x: T) -> T:
+    """Reshape every example (the -1 is resolved statically; only the batch axis stays -1)."""
+    return _reshape(ctx, x)
+
+
+@transformer("Reshape", "box")
+def reshape_box(ctx: RuleContext, x: Box) -> Box:
+    """Reshape centre and radii alike (exact)."""
+    return _reshape(ctx, x)
+
+
+@transformer("Reshape", "zonotope")
+def reshape_zonotope(ctx: RuleContext, x: Value) -> Value:
+    """Reshape centre, radii and each generator alike (exact, DiffAI §1.2)."""
+    return _reshape(ctx, x)

@@ -1,0 +1,42 @@
+"""Golden diagnostics: each tests/golden/diagnostics/X.absnet renders exactly X.expected.
+
+Run ``pytest --update-golden`` to rewrite the expected files, then review the diff.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from absnet.diagnostics import AbsnetError
+from absnet.frontend import check_source
+
+ROOT = Path(__file__).parents[2]
+GOLDEN = ROOT / "tests" / "golden" / "diagnostics"
+CASES = sorted(GOLDEN.glob("*.absnet"))
+
+
+def render(path: Path) -> str:
+    name = path.relative_to(ROOT).as_posix()  # machine independent file names in the output
+    try:
+        check_source(path.read_text(encoding="utf-8"), name)
+    except AbsnetError as e:
+        return e.render() + "\n"
+    return "no errors\n"
+
+
+def test_there_are_golden_cases() -> None:
+    assert len(CASES) >= 7
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_diagnostics_match_golden(path: Path, update_golden: bool) -> None:
+    got = render(path)
+    expected = path.with_suffix(".expected")
+    if update_golden:
+        expected.write_text(got, encoding="utf-8")
+    elif not expected.exists():
+        pytest.fail(f"{expected.name} is missing: run pytest --update-golden and review it")
+    assert got == expected.read_text(encoding="utf-8")
+    assert "no errors" not in got
