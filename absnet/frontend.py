@@ -20,6 +20,7 @@ from absnet.grammar.evaluate import evaluate
 from absnet.grammar.parser import parse_expr, parse_text
 from absnet.ir.domains import Analysis, make_analysis
 from absnet.ir.graph import IRGraph
+from absnet.ir.ops import lookup
 from absnet.passes.lower import Lowerer, dedupe
 from absnet.passes.resolve import TrainSpec, resolve_train
 
@@ -49,7 +50,9 @@ def parse_file(path: str | os.PathLike[str]) -> ast.Module:
         return parse_source(f.read(), path)
 
 
-def _parse(text: str, file: str, sources: SourceMap, done: dict[str, ast.Module], stack: list[str]) -> ast.Module:
+def _parse(
+    text: str, file: str, sources: SourceMap, done: dict[str, ast.Module], stack: list[str]
+) -> ast.Module:
     module = parse_text(text, file, sources)
     key = os.path.realpath(file) if not file.startswith("<") else file
     stack.append(key)
@@ -99,10 +102,6 @@ def _module(source: Source, file: str) -> ast.Module:
     return source if isinstance(source, ast.Module) else parse_source(source, file)
 
 
-def _visible(module: ast.Module) -> tuple[dict, dict, dict]:
-    return module.networks(), module.blocks(), module.trains()
-
-
 # --------------------------------------------------------------------------- lowering
 
 
@@ -122,7 +121,7 @@ def lower_network(
         AbsnetError: every problem found (unknown names, bad arguments, …), with source lines.
     """
     module = _module(source, file)
-    nets, blocks, _ = _visible(module)
+    nets, blocks = module.networks(), module.blocks()
     net = _pick_network(module, nets, network)
     bag = DiagnosticBag()
     graph = Lowerer(blocks, bag).network(net, args or {})
@@ -168,16 +167,10 @@ def collect_diagnostics(source: Source, file: str = "<string>") -> tuple[list[Di
     except AbsnetError as e:
         return list(e.diagnostics), e.sources or SourceMap()
     diags: list[Diagnostic] = []
-    for kind in (ast.NetworkDef, ast.BlockDef, ast.TrainDef):
-        try:
-            module._visible(kind)
-        except AbsnetError as e:
-            diags.extend(e.diagnostics)
-    nets = _last_by_name(module, ast.NetworkDef)
-    blocks = _last_by_name(module, ast.BlockDef)
+    nets, dup = module.definitions(ast.NetworkDef)
+    blocks, dup_blocks = module.definitions(ast.BlockDef)
+    diags += dup + dup_blocks + module.definitions(ast.TrainDef)[1]
     bag = DiagnosticBag()
-    from absnet.ir.ops import lookup  # local: only needed here
-
     for b in blocks.values():
         if lookup(b.name) is not None:
             bag.error("E211", f"block '{b.name}' has the name of a built-in layer", b.name_span,
@@ -192,14 +185,6 @@ def collect_diagnostics(source: Source, file: str = "<string>") -> tuple[list[Di
                 bag.extend(resolve_train(it, nets)[1])
     diags.extend(bag.items)
     return dedupe(diags), module.sources
-
-
-def _last_by_name(module: ast.Module, kind: type) -> dict:
-    out: dict = {}
-    for m in module.modules():
-        for it in m.own(kind):
-            out.setdefault(it.name, it)
-    return out
 
 
 def check_source(source: Source, file: str = "<string>") -> ast.Module:
@@ -229,7 +214,7 @@ def get_train(source: Source, name: str | None = None, file: str = "<string>") -
     resolved schedule; ``network`` is checked to exist.
     """
     module = _module(source, file)
-    nets, _, trains = _visible(module)
+    nets, trains = module.networks(), module.trains()
     if name is None:
         own = module.own(ast.TrainDef) or list(trains.values())
         if not own:
@@ -269,8 +254,13 @@ def parse_analysis(text: str) -> Analysis:
                                          expr.positional[0].span, help=f'e.g. {expr.name}(relu="NIPS")'))
         kwargs: dict[str, Any] = {}
         for a in expr.args:
-            # relu=NIPS may be written without quotes
-            kwargs[a.name] = a.value.name if isinstance(a.value, ast.Name) else evaluate(a.value, {}, expr.name)
+            if a.name in kwargs:
+                msg = f"argument '{a.name}' of {expr.name} is given twice"
+                raise AbsnetError(Diagnostic("E204", msg, a.span))
+            if isinstance(a.value, ast.Name):  # relu=NIPS may be written without quotes
+                kwargs[a.name] = a.value.name
+            else:
+                kwargs[a.name] = evaluate(a.value, {}, expr.name)
         return make_analysis(expr.name, kwargs, expr.span)
     except AbsnetError as e:
         raise e.with_sources(sources) from None

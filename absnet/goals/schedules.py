@@ -278,7 +278,8 @@ def resolve_schedule(expr: ast.Expr, env: Mapping[str, Any] | None = None, where
             return UNKNOWN
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise AbsnetError(Diagnostic(
-                "E206", f"expected a number or a schedule such as Lin(0, 1, 10), got {describe(v)}", expr.span,
+                "E206", f"expected a number or a schedule such as Lin(0, 1, 10), got {describe(v)}",
+                expr.span,
             ))
         return Const(float(v))
     spec = SCHEDULES.get(expr.name)
@@ -315,7 +316,8 @@ def _arg_value(name: str, p: SParam, expr: ast.Expr, env: Mapping[str, Any], whe
         return resolve_schedule(expr, env, where)
     if isinstance(expr, ast.Call):
         raise AbsnetError(Diagnostic(
-            "E206", f"argument '{p.name}' of {name} expects a {p.kind}, not a call to '{expr.name}'", expr.span,
+            "E206", f"argument '{p.name}' of {name} expects a {p.kind}, not a call to '{expr.name}'",
+            expr.span,
             help="only the arguments of Until, Scale, Normal, Clip and Complement may be schedules",
         ))
     v = evaluate(expr, env, where)

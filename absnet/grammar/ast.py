@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from absnet.diagnostics import AbsnetError, Diagnostic, SourceMap, Span
 
@@ -240,8 +241,9 @@ class Module:
 
         yield from walk(self)
 
-    def _visible(self, kind: type) -> dict[str, object]:
-        out: dict[str, object] = {}
+    def definitions(self, kind: type) -> tuple[dict[str, Any], list[Diagnostic]]:
+        """Every ``kind`` item visible here (own and imported) by name, and E211 for duplicates."""
+        out: dict[str, Any] = {}
         diags: list[Diagnostic] = []
         for m in self.modules():
             for it in m.items:
@@ -249,24 +251,33 @@ class Module:
                     prev = out.get(it.name)
                     if prev is not None and prev is not it:
                         diags.append(_duplicate(it, prev))
+                        continue
                     out[it.name] = it
+        return out, diags
+
+    def _visible(self, kind: type) -> dict[str, Any]:
+        out, diags = self.definitions(kind)
         if diags:
             raise AbsnetError(diags, self.sources)
         return out
 
     def networks(self) -> dict[str, NetworkDef]:
-        """Every network visible here (own and imported), by name, in definition order."""
-        return self._visible(NetworkDef)  # type: ignore[return-value]
+        """Every network visible here (own and imported), by name, in definition order.
+
+        Raises:
+            AbsnetError: E211 if two visible networks share a name.
+        """
+        return self._visible(NetworkDef)
 
     def blocks(self) -> dict[str, BlockDef]:
         """Every block visible here (own and imported), by name."""
-        return self._visible(BlockDef)  # type: ignore[return-value]
+        return self._visible(BlockDef)
 
     def trains(self) -> dict[str, TrainDef]:
         """Every train block visible here, by name."""
-        return self._visible(TrainDef)  # type: ignore[return-value]
+        return self._visible(TrainDef)
 
-    def own(self, kind: type) -> list:
+    def own(self, kind: type) -> list[Any]:
         """The items of ``kind`` defined in this file itself."""
         return [it for it in self.items if isinstance(it, kind)]
 

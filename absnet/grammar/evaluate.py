@@ -136,14 +136,16 @@ def _binop(expr: ast.BinOp, a: Any, b: Any) -> Any:
 def unknown_name(expr: ast.Name, env: Mapping[str, Any], where: str = "") -> Diagnostic:
     """E207 for a name that is not a parameter here."""
     names = sorted(env)
+    owner = where or "this definition"
     if names:
-        note = f"the names visible here are the parameters of {where or 'this definition'}: {', '.join(names)}"
+        note = f"the names visible here are the parameters of {owner}: {', '.join(names)}"
     else:
-        note = f"{where or 'this definition'} has no parameters"
-    return Diagnostic(
-        "E207", f"unknown name '{expr.name}'", expr.span, notes=(note,),
-        help=did_you_mean(expr.name, names) or "strings are written in double quotes",
-    )
+        note = f"{owner} has no parameters"
+    if expr.name in ("True", "False", "None"):
+        help_ = f"write {expr.name.lower()} in lower case"
+    else:
+        help_ = did_you_mean(expr.name, names) or "strings are written in double quotes"
+    return Diagnostic("E207", f"unknown name '{expr.name}'", expr.span, notes=(note,), help=help_)
 
 
 # --------------------------------------------------------------------------- argument binding

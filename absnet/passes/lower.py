@@ -61,7 +61,9 @@ class Lowerer:
         self._stack: list[tuple[str, Span]] = []  # block calls being expanded
 
     # ------------------------------------------------------------------ entry points
-    def network(self, net: ast.NetworkDef, args: Mapping[str, Any] | None = None, *, check: bool = False) -> IRGraph:
+    def network(
+        self, net: ast.NetworkDef, args: Mapping[str, Any] | None = None, *, check: bool = False
+    ) -> IRGraph:
         """Lower ``net``. With ``check=True`` parameters without a value are :data:`UNKNOWN`
         (definition checking); otherwise every required parameter must be in ``args``."""
         what = f"network {net.name}"
@@ -117,7 +119,9 @@ class Lowerer:
             return self._combine(st, cur, env, path, where)
         return self._call(st.call, cur, env, path, where)
 
-    def _call(self, call: ast.Call, cur: str, env: Mapping[str, Any], path: tuple[str, ...], where: str) -> str:
+    def _call(
+        self, call: ast.Call, cur: str, env: Mapping[str, Any], path: tuple[str, ...], where: str
+    ) -> str:
         block = self.blocks.get(call.name)
         if block is not None:
             return self._expand(block, call, cur, env, path, where)
@@ -218,9 +222,8 @@ class Lowerer:
                     ok = isinstance(rng, list | tuple) and len(rng) == 2 and all(
                         isinstance(v, int | float) and not isinstance(v, bool) for v in rng)
                     if not ok or rng[0] >= rng[1]:
-                        raise AbsnetError(Diagnostic(
-                            "E210", f"the input range must be [low, high] with low < high, got {describe(rng)}",
-                            st.range.span, help="e.g. range [0, 1]"))
+                        msg = f"the input range must be [low, high] with low < high, got {describe(rng)}"
+                        raise AbsnetError(Diagnostic("E210", msg, st.range.span, help="e.g. range [0, 1]"))
                     low, high = float(rng[0]), float(rng[1])
             except AbsnetError as e:
                 self.bag.extend(e.diagnostics)

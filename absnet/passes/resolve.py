@@ -35,11 +35,14 @@ from absnet.ir.ops import RELU_VARIANTS, AttrError, OpSpec
 _POSITIVE = {"out_features", "out_channels", "kernel_size", "stride", "dilation", "groups", "output_size",
              "num_correlate", "num_decorrelate", "k"}
 MAX_REPEAT = 10_000
+_CALL_KEYS = ("data", "optimizer", "goal", "test", "network")  # train settings written as Name or Name(...)
 
 
 def op_slots(spec: OpSpec) -> list[Slot]:
     """The argument slots of an op (its attributes in positional order)."""
-    return [Slot(a.name, a.required, a.aliases, None if a.required else describe(a.default)) for a in spec.attrs]
+    return [
+        Slot(a.name, a.required, a.aliases, None if a.required else describe(a.default)) for a in spec.attrs
+    ]
 
 
 def param_slots(params: Sequence[ast.Param]) -> list[Slot]:
@@ -277,7 +280,7 @@ def resolve_train(
     out: dict[str, Any] = {}
     for key, values in settings.items():
         for v in values:
-            if key in ("data", "optimizer", "goal", "test", "network") and not isinstance(v, ast.Name | ast.Call):
+            if key in _CALL_KEYS and not isinstance(v, ast.Name | ast.Call):
                 diags.append(Diagnostic("E206", f"setting '{key}' expects a name or a call", v.span,
                                         help=TRAIN_KEYS[key].doc))
                 break
@@ -320,5 +323,6 @@ def _train_value(key: str, v: ast.Expr, networks: Mapping[str, ast.NetworkDef], 
         low = 1 if key == "epochs" else 0
         if isinstance(val, bool) or not isinstance(val, int) or val < low:
             kind = "a positive integer" if key == "epochs" else "a non-negative integer"
-            raise AbsnetError(Diagnostic("E206", f"setting '{key}' expects {kind}, got {describe(val)}", v.span))
+            msg = f"setting '{key}' expects {kind}, got {describe(val)}"
+            raise AbsnetError(Diagnostic("E206", msg, v.span))
         out[key] = val

@@ -182,7 +182,7 @@ def maxpool2d_zonotope(ctx: RuleContext, x: Any) -> Zonotope:
     for j in range(n):
         p, s = pre[j], suf[j]
         others = s if p is None else p if s is None else ops.maximum(p, s)
-        boxed = ops.greater(others, ups[j])  # element j does not dominate its window
+        boxed = ops.greater(others, lows[j])  # element j does not dominate its window
         center = ops.where(boxed, center, cs[j])
         box = ops.where(boxed, box, ops.zeros_like(box) if bs is None else bs[j])
         if gens is not None and gs is not None:

@@ -17,7 +17,8 @@ def test_design_section2_example_parses_as_one_text() -> None:
     module = parse_text((DATA / "design_section2.absnet").read_text(), "design.absnet")
     kinds = [(type(it).__name__, it.name) for it in module.items]
     assert kinds == [
-        ("NetworkDef", "ConvSmall"), ("NetworkDef", "FFNN"), ("BlockDef", "Wide"), ("TrainDef", "ConvSmallMNIST"),
+        ("NetworkDef", "ConvSmall"), ("NetworkDef", "FFNN"), ("BlockDef", "Wide"),
+        ("TrainDef", "ConvSmallMNIST"),
     ]
     train = module.items[3]
     assert isinstance(train, ast.TrainDef)

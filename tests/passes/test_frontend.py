@@ -49,7 +49,10 @@ def test_train_epsilon_schedule_and_network_args() -> None:
 
 
 def test_train_errors_are_collected() -> None:
-    text = "network Net { input [4] }\ntrain T { network Nett epoch 3 epochs 0 epochs 2 seed true epsilon -1 }"
+    text = (
+        "network Net { input [4] }\n"
+        "train T { network Nett epoch 3 epochs 0 epochs 2 seed true epsilon -1 }"
+    )
     with pytest.raises(AbsnetError) as info:
         get_train(text)
     assert sorted(d.code for d in info.value.diagnostics) == ["E201", "E204", "E206", "E206", "E206", "E216"]
@@ -57,7 +60,8 @@ def test_train_errors_are_collected() -> None:
 
 def test_imports_are_relative_transitive_and_cycle_safe(tmp_path: Path) -> None:
     (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / "blocks.absnet").write_text('import "../main.absnet"\nblock Two(w) { Linear(w) ReLU() }')
+    blocks = 'import "../main.absnet"\nblock Two(w) { Linear(w) ReLU() }'
+    (tmp_path / "lib" / "blocks.absnet").write_text(blocks)
     (tmp_path / "lib" / "nets.absnet").write_text('import "blocks.absnet"\nnetwork Lib { input [4] Two(3) }')
     main = tmp_path / "main.absnet"
     main.write_text('import "lib/nets.absnet"\nnetwork Main { input [4] Two(5) }')
@@ -121,7 +125,8 @@ def test_parse_analysis(text: str, name: str, kind: str, relu: str, pure: bool) 
 
 @pytest.mark.parametrize(
     ("text", "code"),
-    [("HBx()", "E201"), ("HBox(rleu=1)", "E202"), ("HBox(1)", "E208"), ("HBox(", "E103"), ("3", "E206")],
+    [("HBx()", "E201"), ("HBox(rleu=1)", "E202"), ("HBox(1)", "E208"), ("HBox(", "E103"), ("3", "E206"),
+     ("HBox(relu=NIPS, relu=Boxy)", "E204")],
 )
 def test_parse_analysis_errors(text: str, code: str) -> None:
     with pytest.raises(AbsnetError) as info:

@@ -39,8 +39,10 @@ def test_conv_small_lowers_to_a_chain_with_complete_attributes() -> None:
     ]
     assert dict(g.input.attrs) == {"shape": (1, 28, 28), "low": 0.0, "high": 1.0}
     conv = g.node("n2")
-    assert dict(conv.attrs) == {"out_channels": 16, "kernel_size": (4, 4), "stride": (2, 2), "padding": (0, 0),
-                                "dilation": (1, 1), "groups": 1, "bias": True}
+    assert dict(conv.attrs) == {
+        "out_channels": 16, "kernel_size": (4, 4), "stride": (2, 2), "padding": (0, 0), "dilation": (1, 1),
+        "groups": 1, "bias": True,
+    }
     assert dict(g.node("n1").attrs) == {"mean": (0.1307,), "std": (0.3081,)}
     assert dict(g.node("n9").attrs) == {"relu": None, "only_train": False}
     assert (conv.span.line, conv.span.column) == (5, 3)
@@ -79,7 +81,9 @@ def test_unknown_and_missing_network_args_are_errors() -> None:
 
 
 def test_arithmetic_on_parameters() -> None:
-    g = lower_network("network N(w=10) { input [4] Linear(w * 2) Linear(w // 3 + 1) Linear(w / 2) Linear(-w + 11) }")
+    g = lower_network(
+        "network N(w=10) { input [4] Linear(w * 2) Linear(w // 3 + 1) Linear(w / 2) Linear(-w + 11) }"
+    )
     assert [n.attrs.get("out_features") for n in g.nodes()][1:] == [20, 4, 5, 1]
 
 
@@ -98,7 +102,8 @@ def test_repeat_paths_are_index_iteration_statement() -> None:
 def test_block_and_branch_paths_and_edges() -> None:
     g = lower_network(parse_file(DATA / "models" / "wide.absnet"))
     by_key = {n.key: n for n in g.nodes()}
-    assert [k for k in by_key if k.startswith("1.")] == ["1.0.0.0", "1.0.0.1", "1.0.0.2", "1.0.1.0", "1.0", "1.1"]
+    block_keys = [k for k in by_key if k.startswith("1.")]
+    assert block_keys == ["1.0.0.0", "1.0.0.1", "1.0.0.2", "1.0.1.0", "1.0", "1.1"]
     add = by_key["1.0"]
     assert add.op == "Add"
     assert add.inputs == (by_key["1.0.0.2"].id, by_key["1.0.1.0"].id)

@@ -78,7 +78,8 @@ CASES: tuple[Case, ...] = (
     c("DeepLoss", (6,)),
     c("IdentLoss", (6,)),
     # extra configurations
-    c("Conv2d", (4, 4, 6), tag="groups", out_channels=2, kernel_size=(2, 3), dilation=(1, 2), groups=2, bias=False),
+    c("Conv2d", (4, 4, 6), tag="groups", out_channels=2, kernel_size=(2, 3), dilation=(1, 2), groups=2,
+      bias=False),
     c("BatchNorm2d", (2, 3, 3), tag="noaffine", affine=False),
     c("LeakyReLU", (8,), tag="negative", negative_slope=-0.5),
     c("LeakyReLU", (8,), tag="steep", negative_slope=1.5),
@@ -114,7 +115,8 @@ def make_attrs(op: str, given: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_params(op: str, in_shape: Shape, attrs: dict[str, Any], g: torch.Generator) -> dict[str, torch.Tensor]:
+def make_params(op: str, in_shape: Shape, attrs: dict[str, Any],
+                g: torch.Generator) -> dict[str, torch.Tensor]:
     out = {}
     for name, ps in CATALOG[op].params(in_shape, attrs).items():
         t = torch.randn(ps.shape, generator=g, dtype=DT)
@@ -190,8 +192,8 @@ def make_inputs(domain: str, shapes: Sequence[Shape], flavor: str, relu: str,
     adds a fresh block of two generators of its own (same size on purpose).
     """
     if domain == "box":
-        boxes = [Box(torch.randn(N, *s, generator=g, dtype=DT), torch.rand(N, *s, generator=g, dtype=DT) * 0.8)
-                 for s in shapes]
+        boxes = [Box(torch.randn(N, *s, generator=g, dtype=DT),
+                     torch.rand(N, *s, generator=g, dtype=DT) * 0.8) for s in shapes]
 
         def sample_box(n: int) -> list[torch.Tensor]:
             return [b.center + b.radius * _noise(n, b.center.shape, g) for b in boxes]

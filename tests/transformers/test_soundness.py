@@ -48,7 +48,8 @@ def _box_params() -> Iterator[Any]:
     for case in CASES:
         for relu in ("Boxy", "BoxySound") if case.op == "ReLU" else ("Boxy",):
             for training in (False, True):
-                yield pytest.param(case, relu, training, id=f"{case.id}-{relu}-{'train' if training else 'eval'}")
+                mode = "train" if training else "eval"
+                yield pytest.param(case, relu, training, id=f"{case.id}-{relu}-{mode}")
 
 
 def _zono_params() -> Iterator[Any]:
@@ -73,7 +74,8 @@ def _check(case: Case, domain: str, flavor: str, relu: str, training: bool) -> N
     attrs = make_attrs(case.op, case.attrs)
     params = make_params(case.op, case.shapes[0], attrs, g)
     xs, sample = make_inputs(domain, case.shapes, flavor, relu, g)
-    ops = FixedNoiseOps(torch.rand(N, *case.shapes[0], generator=g, dtype=DT), torch.Generator().manual_seed(3))
+    noise = torch.rand(N, *case.shapes[0], generator=g, dtype=DT)
+    ops = FixedNoiseOps(noise, torch.Generator().manual_seed(3))
     aux: list[Any] = []
     buffers: dict[str, Any] = {}
     ctx = make_ctx(case, ops, params, analysis_for(domain, flavor in ("pure", "nogens"), relu), training,
