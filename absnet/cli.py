@@ -52,17 +52,20 @@ def _read(path: str) -> str:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from absnet import frontend
-    from absnet.passes.pipeline import lower
+    from absnet.passes.pipeline import check_text, lower
 
     failed = False
     for path in a.files:
         try:
             text = _read(path)
-            names = [a.network] if a.network else frontend.list_networks(text, file=path)
-            for name in names:
-                lower(text, file=path, network=name, args=_parse_args_kv(a.arg))
-            print(f"{path}: ok ({len(names)} network{'s' if len(names) != 1 else ''})")
+            if a.network or a.arg:
+                lower(text, file=path, network=a.network, args=_parse_args_kv(a.arg))
+                diags = []
+            else:
+                diags, sources = check_text(text, path)
+            if diags:
+                raise AbsnetError(diags, sources)
+            print(f"{path}: ok")
         except AbsnetError as e:
             failed = True
             print(e.render(), file=sys.stderr)

@@ -357,9 +357,9 @@ def concat_shape(shapes: Sequence[Shape], a: Attrs) -> Shape:
 def corrmaxpool2d_shape(shapes: Sequence[Shape], a: Attrs) -> Shape:
     s = _one(shapes)
     _need_rank("CorrMaxPool2D", s, 3, "place CorrMaxPool2D before Flatten(), or use CorrMaxK on flat values")
-    k = a["kernel_size"][0]
-    if s[1] < k or s[2] < k:
-        raise ShapeError(f"CorrMaxPool2D kernel {k} is larger than the image {list(s)}")
+    kh, kw = a["kernel_size"]
+    if s[1] < kh or s[2] < kw:
+        raise ShapeError(f"CorrMaxPool2D kernel {kh}x{kw} is larger than the image {list(s)}")
     return s
 
 
@@ -370,6 +370,13 @@ def corrmaxpool3d_shape(shapes: Sequence[Shape], a: Attrs) -> Shape:
     if min(s) < k:
         raise ShapeError(f"CorrMaxPool3D kernel {k} is larger than the value {list(s)}")
     return s
+
+
+def elu_shape(shapes: Sequence[Shape], a: Attrs) -> Shape:
+    if a["alpha"] < 0:
+        raise ShapeError(f"ELU alpha must be non-negative (got {a['alpha']}); with alpha < 0 it is not monotone",
+                         code="E302")
+    return _one(shapes)
 
 
 def input_shape(shapes: Sequence[Shape], a: Attrs) -> Shape:
@@ -425,7 +432,7 @@ CATALOG_LIST: tuple[OpSpec, ...] = (
     _op("Sigmoid", "activation", (), same_shape, "1 / (1 + exp(-x))"),
     _op("Tanh", "activation", (), same_shape, "tanh(x)"),
     _op("Softplus", "activation", (), same_shape, "log(1 + exp(x))"),
-    _op("ELU", "activation", (Attr("alpha", "float", 1.0),), same_shape, "x if x > 0 else alpha * (exp(x) - 1)"),
+    _op("ELU", "activation", (Attr("alpha", "float", 1.0),), elu_shape, "x if x > 0 else alpha * (exp(x) - 1)"),
     # pooling
     _op("AvgPool2d", "pooling", (_K, Attr("stride", "opt_pair", None), Attr("padding", "pair", (0, 0))),
         avgpool_shape, "average pooling (zeros of the padding count in the average)"),

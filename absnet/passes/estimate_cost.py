@@ -82,8 +82,8 @@ class EstimateCost(Pass):
             merged[node.id] = len(range(0, n, math.ceil(n / at["k"])))
         elif op == "CorrMaxPool2D":
             c, h, w = node.meta["shape"]
-            kk = at["kernel_size"][0]
-            merged[node.id] = c * (h // kk) * (w // kk)
+            kh, kw = at["kernel_size"]
+            merged[node.id] = c * (h // kh) * (w // kw)
         elif op == "CorrMaxPool3D":
             kk = at["kernel_size"]
             merged[node.id] = math.prod(s // kk for s in node.meta["shape"])

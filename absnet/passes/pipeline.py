@@ -41,10 +41,29 @@ def lower(
     sources = SourceMap()
     sources.add(file, text)
     try:
-        graph = frontend.lower_network(text, network=network, args=args, file=file)
+        module = frontend.parse_source(text, file)
+        sources = module.sources
+        graph = frontend.lower_network(module, network=network, args=args, file=file)
         check_graph(graph)
     except AbsnetError as e:
         if e.sources is None:
             raise e.with_sources(sources) from None
         raise
     return graph, sources
+
+
+def check_text(text: str, file: str = "<string>") -> tuple[list[Diagnostic], SourceMap]:
+    """Every problem of a file (what ``absc check`` reports): front end, then shapes and domains of
+    every network with its default parameters. Returns the diagnostics and the sources to render."""
+    from absnet import frontend
+
+    diags, sources = frontend.collect_diagnostics(text, file)
+    if diags:
+        return diags, sources
+    module = frontend.parse_source(text, file)
+    for name in frontend.list_networks(module, file=file):
+        try:
+            check_graph(frontend.lower_network(module, network=name, file=file))
+        except AbsnetError as e:
+            diags.extend(e.diagnostics)
+    return diags, module.sources

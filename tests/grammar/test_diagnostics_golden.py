@@ -1,4 +1,4 @@
-"""Golden diagnostics: each tests/golden/diagnostics/X.absnet renders exactly X.expected.
+"""Golden diagnostics (what ``absc check`` prints): each tests/golden/diagnostics/X.absnet renders exactly X.expected.
 
 Run ``pytest --update-golden`` to rewrite the expected files, then review the diff.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from absnet.diagnostics import AbsnetError
-from absnet.frontend import check_source
+from absnet.passes.pipeline import check_text
 
 ROOT = Path(__file__).parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "diagnostics"
@@ -19,10 +19,9 @@ CASES = sorted(GOLDEN.glob("*.absnet"))
 
 def render(path: Path) -> str:
     name = path.relative_to(ROOT).as_posix()  # machine independent file names in the output
-    try:
-        check_source(path.read_text(encoding="utf-8"), name)
-    except AbsnetError as e:
-        return e.render() + "\n"
+    diags, sources = check_text(path.read_text(encoding="utf-8"), name)
+    if diags:
+        return AbsnetError(diags, sources).render() + "\n"
     return "no errors\n"
 
 

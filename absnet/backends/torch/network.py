@@ -59,6 +59,7 @@ class _Step:
     inputs: tuple[str, ...]
     in_shapes: tuple
     out_shape: tuple
+    free: tuple[str, ...] = ()  # values no later step reads: dropped after this step
 
 
 class AbstractNetwork(nn.Module):
@@ -116,6 +117,12 @@ class AbstractNetwork(nn.Module):
                 rule = lookup(node.op, node.meta["domain_in"])
                 assert rule is not None, node.describe()
                 steps.append(_Step(node, rule, node.inputs, node.meta["in_shapes"], node.meta["shape"]))
+            last: dict[str, int] = {}
+            for i, st in enumerate(steps):
+                for src in st.inputs:
+                    last[src] = i
+            for i, st in enumerate(steps):
+                st.free = tuple(sorted({s for s in st.inputs if last[s] == i and s != g.output_id}))
             self._plans[key] = (steps, g.output_id)
         return self._plans[key]
 
@@ -134,6 +141,8 @@ class AbstractNetwork(nn.Module):
                 _buffer_setter(mod) if mod is not None else None,
             )
             env[st.node.id] = st.rule.fn(ctx, *(env[i] for i in st.inputs))
+            for src in st.free:
+                del env[src]
         return env[out_id]
 
     @staticmethod
