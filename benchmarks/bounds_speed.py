@@ -44,17 +44,17 @@ def main() -> None:
         net = absnet.compile_file(a.file, name, seed=0).eval()
         for batch in (int(b) for b in a.batches.split(",")):
             x = torch.rand((batch, *net.input_shape), generator=torch.Generator().manual_seed(0))
-            runnable, skipped = {"forward": lambda: net(x)}, {}
+            runnable, skipped = {"forward": (lambda net=net, x=x: net(x))}, {}
             for d in domains:
                 an = parse_analysis(d)
                 est = estimate(net.graph.copy(), an).batch_bytes(batch) / 2**30
                 if est > a.budget_gib:
                     skipped[d] = est
                 else:
-                    runnable[d] = (lambda d=d: net.bounds(x, a.eps, domain=d))
+                    runnable[d] = (lambda d=d, net=net, x=x: net.bounds(x, a.eps, domain=d))
             times: dict[str, list[float]] = {k: [] for k in runnable}
             with torch.no_grad():
-                for k, f in runnable.items():  # warm-up
+                for f in runnable.values():  # warm-up
                     f()
                 for _ in range(a.repeat):
                     for k, f in runnable.items():

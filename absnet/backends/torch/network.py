@@ -7,6 +7,7 @@ after ``infer_domains`` and ``decompose``, each node bound to its registered rul
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,8 +48,8 @@ class LayerParams(nn.Module):
                 setattr(self, name, nn.Parameter(t))
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = dict(self.named_parameters(recurse=False))
-        out.update(self.named_buffers(recurse=False))
+        out: dict[str, torch.Tensor] = dict(self._parameters)  # type: ignore[arg-type]
+        out.update(self._buffers)  # type: ignore[arg-type]
         return out
 
 
@@ -151,9 +152,7 @@ class AbstractNetwork(nn.Module):
             return domain
         if domain in ANALYSES:
             return ANALYSES[domain]
-        from absnet.frontend import parse_analysis
-
-        return parse_analysis(domain)
+        return _parse_analysis(domain)
 
     # ------------------------------------------------------------------ public API
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -221,6 +220,13 @@ class AbstractNetwork(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name}, input={list(self.input_shape)}, output={list(self.output_shape)}"
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_analysis(text: str) -> Analysis:
+    from absnet.frontend import parse_analysis
+
+    return parse_analysis(text)
 
 
 def _as_eps(eps: Any, x: torch.Tensor) -> torch.Tensor:
