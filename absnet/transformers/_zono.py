@@ -79,29 +79,17 @@ def map_affine(
     """Apply the affine map x ↦ lin(x) + bias to a Box or Zonotope (diffai.md §1.2, exact).
 
     ``lin`` is the linear part applied to a batch (M, *s) → (M, *s'); ``lin_abs`` the same map with
-    |weights| for box radii, or None when the weights are non-negative (``lin`` serves for both and
-    the radii ride in the same batched op as centre and generators).
+    |weights| for box radii, or None when the weights are non-negative (``lin`` serves for both).
     """
     add_bias = bias if bias is not None else (lambda t: t)
     if isinstance(v, Box):
         return Box(add_bias(lin(v.center)), (lin_abs or lin)(v.radius))
     z = v
-    box_in_stack = z.box is not None and lin_abs is None
-    parts = [per_example(ops, z.center)]
-    if box_in_stack:
-        parts.append(per_example(ops, z.box))
-    if z.gens is not None:
-        parts.append(z.gens)
-    box = None if z.box is None or box_in_stack else lin_abs(z.box)  # type: ignore[misc]
-    if len(parts) == 1:
-        return z.with_(center=add_bias(lin(z.center)), box=box)
-    m = 1 + int(box_in_stack) + z.k
-    out = unfold(ops, lin(fold(ops, ops.concat(parts, 1))), m)
-    s_out = tuple(ops.shape(out)[2:])
-    center = add_bias(ops.reshape(ops.slice(out, 1, 0, 1), (-1, *s_out)))
-    if box_in_stack:
-        box = ops.reshape(ops.slice(out, 1, 1, 2), (-1, *s_out))
-    gens = ops.slice(out, 1, m - z.k, m) if z.gens is not None else None
+    center = add_bias(lin(z.center))
+    box = None if z.box is None else (lin_abs or lin)(z.box)
+    # Generators go through the map as one batch (N·k, *s). Mapping them apart from the centre
+    # avoids concatenating (and copying) the whole generator tensor: measured faster on the CPU.
+    gens = None if z.gens is None else unfold(ops, lin(fold(ops, z.gens)), z.k)
     return z.with_(center=center, box=box, gens=gens)
 
 
