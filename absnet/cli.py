@@ -241,6 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("absc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `absc ops | head`: the reader left, nothing went wrong
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception:
         if a.debug:
             traceback.print_exc()

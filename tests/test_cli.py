@@ -25,6 +25,12 @@ def test_check_ok_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert f"{bad}:3:3: error[E201]" in err and "did you mean 'Linear'?" in err
 
 
+def test_every_zoo_file_checks_clean(capsys: pytest.CaptureFixture[str]) -> None:
+    files = sorted(str(p) for p in (Path(__file__).parents[1] / "models").glob("*.absnet"))
+    assert len(files) >= 4
+    assert main(["check", *files]) == 0
+
+
 def test_bad_command_line_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["frobnicate"]) == 2
     assert main(["check"]) == 2
