@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,7 @@ from absnet.ir.domains import ANALYSES, Analysis
 from absnet.ir.graph import IRGraph, Node
 from absnet.ir.ops import ParamSpec
 from absnet.passes.decompose import Decompose
+from absnet.passes.estimate_cost import estimate
 from absnet.passes.infer_domains import InferDomains
 from absnet.transformers import margins as M
 from absnet.transformers.registry import Rule, RuleContext, lookup
@@ -94,6 +97,7 @@ class AbstractNetwork(nn.Module):
                 self._place(node.path, mod)
                 self._param_modules[node.id] = mod
         self._plans: dict[tuple[Analysis, bool], tuple[list[_Step], str]] = {}
+        self._bytes_per_example: dict[tuple[Analysis, bool], int] = {}
 
     def _place(self, path: Sequence[str], mod: nn.Module) -> None:
         parent: nn.ModuleDict = self.layers
@@ -170,7 +174,23 @@ class AbstractNetwork(nn.Module):
     def output_value(self, x: torch.Tensor, eps: Any, domain: Analysis | str = "Box()") -> Any:
         """The abstract output value (Box, Zonotope or tensor) for the ε-ball around ``x``."""
         a = self.analysis(domain)
+        self._warn_if_large(a, x.shape[0], x.element_size())
         return self.propagate(self.input_value(x, eps, a), a)
+
+    def _warn_if_large(self, a: Analysis, batch: int, dtype_bytes: int) -> None:
+        """Warn (once per call) when the cost estimate of this analysis exceeds ABSNET_MEMORY_WARN_GIB."""
+        key = (a, self.training)
+        if key not in self._bytes_per_example:
+            g = self.graph.copy()
+            self._bytes_per_example[key] = estimate(g, a, self.training).total_bytes_per_example // 4
+        need = self._bytes_per_example[key] * dtype_bytes * batch
+        limit = float(os.environ.get("ABSNET_MEMORY_WARN_GIB", "8")) * 2**30
+        if need > limit:
+            warnings.warn(
+                f"{self.name} under {a} needs about {need / 2**30:.1f} GiB of values for a batch of {batch} "
+                f"(estimate); use a smaller batch, Box(), or directives that drop generators (Concretize, DecorrMin)",
+                ResourceWarning, stacklevel=3,
+            )
 
     def bounds(
         self, x: torch.Tensor, eps: Any = 0.0, domain: Analysis | str = "Box()"
