@@ -97,9 +97,9 @@ class EstimateCost(Pass):
         return merged
 
 
-def estimate(graph: IRGraph, analysis: Analysis, training: bool = False) -> CostReport:
+def estimate(graph: IRGraph, analysis: Analysis, training: bool = False, dtype_bytes: int = 4) -> CostReport:
     """Run the cost estimate on a shaped graph and summarise it."""
-    EstimateCost(analysis, training).run(graph)
+    EstimateCost(analysis, training, dtype_bytes).run(graph)
     nodes = list(graph.nodes())
     return CostReport(
         str(analysis),

@@ -4,7 +4,7 @@ Reshape — for points, boxes and (hybrid) zonotopes.
 All of them are affine maps, so the abstract rules are exact (DiffAI, ICML 2018, §1.2 of
 reference/diffai.md): the centre takes the map with its bias, generators take the linear part, and
 box radii take the linear part with |weights| (interval arithmetic, sound because
-|Σ w_j b_j η_j| ≤ Σ |w_j| b_j). Centre and generators go through one batched matmul/conv.
+|Σ w_j b_j η_j| ≤ Σ |w_j| b_j). All generators of an example go through one batched matmul/conv.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def linear_box(ctx: RuleContext, x: Box) -> Box:
 
 @transformer("Linear", "zonotope")
 def linear_zonotope(ctx: RuleContext, x: Value) -> Value:
-    """Centre and generators in one matmul (exact, affine maps preserve zonotopes); box radii
+    """Centre and all generators through W (exact, affine maps preserve zonotopes); box radii
     through |W| (sound by the triangle inequality). DiffAI 2018 §1.2."""
     return map_affine(ctx.ops, x, *_linear_maps(ctx))
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from absnet.domains import Box, Zonotope
 from absnet.ir.domains import Analysis
 from absnet.transformers.tensor_ops import TensorOps
@@ -43,9 +45,7 @@ def abstract_input(ops: TensorOps, lower: Any, upper: Any, analysis: Analysis) -
     return Zonotope(box.center, None, gens, (("input", n),), analysis.pure, analysis.relu)
 
 
-def _eye(n: int) -> list[list[float]]:
-    import numpy as np
-
+def _eye(n: int) -> np.ndarray:
     return np.eye(n, dtype=np.float64)
 
 

@@ -67,7 +67,7 @@ def avgpool2d_box(ctx: RuleContext, x: Box) -> Box:
 
 @transformer("AvgPool2d", "zonotope")
 def avgpool2d_zonotope(ctx: RuleContext, x: Value) -> Value:
-    """Pool centre, radii and generators in one batched conv: exact for non-negative weights."""
+    """Pool centre, radii and generators alike (generators as one batch): exact, weights are non-negative."""
     return map_affine(ctx.ops, x, _avg_map(ctx, x))
 
 
@@ -106,7 +106,7 @@ def adaptiveavgpool2d_box(ctx: RuleContext, x: Box) -> Box:
 
 @transformer("AdaptiveAvgPool2d", "zonotope")
 def adaptiveavgpool2d_zonotope(ctx: RuleContext, x: Value) -> Value:
-    """Linear with non-negative weights: centre, radii and generators in one matmul (exact)."""
+    """Linear with non-negative weights: centre, radii and generators through the same matmul (exact)."""
     return map_affine(ctx.ops, x, _adaptive_map(ctx, x))
 
 

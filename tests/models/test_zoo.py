@@ -14,7 +14,6 @@ Sources of the expected numbers:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch import nn
 
 from absnet.frontend import list_networks, lower_network
 from absnet.ir.graph import IRGraph
+from absnet.passes.estimate_cost import parameter_count
 from absnet.passes.infer_shapes import InferShapes
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -112,18 +112,6 @@ def lower(file: str, network: str, args: dict[str, Any] | None = None) -> IRGrap
     return graph
 
 
-def param_count(graph: IRGraph) -> int:
-    """Learnable parameters of a shaped graph (buffers such as BatchNorm running stats excluded)."""
-    total = 0
-    for node in graph.nodes():
-        if not node.inputs:
-            continue
-        for spec in node.spec.params(node.meta["in_shapes"][0], node.attrs).values():
-            if not spec.buffer:
-                total += math.prod(spec.shape)
-    return total
-
-
 def rounds_to(count: int, text: str) -> bool:
     """Whether ``count`` rounds to a value written like "52k" or "1.10M" (to its last digit)."""
     scale = {"k": 1e3, "M": 1e6}[text[-1]]
@@ -146,7 +134,7 @@ def _flat_cases() -> list[Any]:
 @pytest.mark.parametrize(("file", "network", "args", "expected"), _flat_cases())
 def test_parameter_count_matches_the_reference(file: str, network: str, args: dict, expected: int) -> None:
     graph = lower(file, network, args)
-    assert param_count(graph) == expected
+    assert parameter_count(graph) == expected
     assert graph.output.meta["shape"] == (args.get("classes", 10),)
 
 
@@ -165,7 +153,7 @@ def test_every_zoo_network_has_an_expected_count() -> None:
 def test_classes_argument_resizes_only_the_head() -> None:
     graph = lower(D, "ConvSmall", {**CIFAR, "classes": 100})
     assert graph.output.meta["shape"] == (100,)
-    assert param_count(graph) == 125_318 + 90 * 101  # 100 -> 100 outputs instead of 10
+    assert parameter_count(graph) == 125_318 + 90 * 101  # 100 -> 100 outputs instead of 10
 
 
 @pytest.mark.parametrize(
@@ -352,4 +340,4 @@ def test_torch_mirror_has_the_same_parameter_count(file: str, network: str, fam:
         model = build(ci, n, 10).eval()
         out = model(torch.empty(2, ci, n, n))
     assert tuple(out.shape) == (2, 10)  # the hand-written Linear sizes fit the shapes
-    assert sum(p.numel() for p in model.parameters()) == param_count(lower(file, network, args))
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(lower(file, network, args))

@@ -97,7 +97,7 @@ class AbstractNetwork(nn.Module):
                 self._place(node.path, mod)
                 self._param_modules[node.id] = mod
         self._plans: dict[tuple[Analysis, bool], tuple[list[_Step], str]] = {}
-        self._bytes_per_example: dict[tuple[Analysis, bool], int] = {}
+        self._elements_per_example: dict[tuple[Analysis, bool], int] = {}
 
     def _place(self, path: Sequence[str], mod: nn.Module) -> None:
         parent: nn.ModuleDict = self.layers
@@ -180,10 +180,10 @@ class AbstractNetwork(nn.Module):
     def _warn_if_large(self, a: Analysis, batch: int, dtype_bytes: int) -> None:
         """Warn (once per call) when the cost estimate of this analysis exceeds ABSNET_MEMORY_WARN_GIB."""
         key = (a, self.training)
-        if key not in self._bytes_per_example:
-            g = self.graph.copy()
-            self._bytes_per_example[key] = estimate(g, a, self.training).total_bytes_per_example // 4
-        need = self._bytes_per_example[key] * dtype_bytes * batch
+        if key not in self._elements_per_example:
+            report = estimate(self.graph.copy(), a, self.training, dtype_bytes=1)
+            self._elements_per_example[key] = report.total_bytes_per_example
+        need = self._elements_per_example[key] * dtype_bytes * batch
         limit = float(os.environ.get("ABSNET_MEMORY_WARN_GIB", "8")) * 2**30
         if need > limit:
             warnings.warn(
