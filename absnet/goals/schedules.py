@@ -88,6 +88,55 @@ class Lin(Schedule):
 
 
 @dataclass(frozen=True)
+class Smoothed(Schedule):
+    """``Smoothed(start, end, steps, initial=0, mid=0.25)``: CROWN-IBP's smoothed ε ramp
+    (reference/crown_ibp.md §1.8, from DeepMind's IBP code). Over ``[initial, initial + steps]``
+    it first grows as a quartic ``start + α·(t − initial)⁴`` up to ``initial + mid·steps``, then
+    linearly to ``end``; ``α`` makes the slope continuous where the two pieces meet.
+
+    CROWN-IBP's ``schedule_start=s, schedule_length=L`` is ``Smoothed(ε₀, ε₁, L − 1, s)`` here
+    (and its ``linear`` type is ``Lin(ε₀, ε₁, L − 1, s)``).
+
+    >>> s = Smoothed(0, 1, 4)
+    >>> [round(s.value(t), 4) for t in (0, 1, 2.5, 4, 5)]
+    [0.0, 0.0769, 0.5385, 1.0, 1.0]
+    """
+
+    start: float
+    end: float
+    steps: float
+    initial: float = 0.0
+    mid: float = 0.25
+
+    def value(self, time: float, rng: random.Random | None = None) -> float:
+        t = time - self.initial
+        if t <= 0:
+            return float(self.start)
+        if t >= self.steps:
+            return float(self.end)
+        d = self.mid * self.steps  # length of the quartic piece
+        rest = self.steps - d
+        if d <= 0:
+            return self.start + (self.end - self.start) * t / self.steps
+        alpha = (self.end - self.start) / (rest * 4 * d**3 + d**4)
+        if t < d:
+            return self.start + alpha * t**4
+        at_mid = self.start + alpha * d**4
+        return at_mid + (self.end - at_mid) * (t - d) / rest
+
+    def bounds(self) -> tuple[float, float]:
+        return (min(self.start, self.end), max(self.start, self.end))
+
+    def __str__(self) -> str:
+        args = [_num(self.start), _num(self.end), _num(self.steps)]
+        if self.initial or self.mid != 0.25:
+            args.append(_num(self.initial))
+        if self.mid != 0.25:
+            args.append(_num(self.mid))
+        return f"Smoothed({', '.join(args)})"
+
+
+@dataclass(frozen=True)
 class Until(Schedule):
     """``Until(thresh, a, b)``: ``a(t)`` while ``t < thresh``, then ``b(t − thresh)``."""
 
@@ -238,6 +287,8 @@ SCHEDULES: dict[str, ScheduleSpec] = {
     for s in (
         ScheduleSpec("Const", (SParam("c", "number"),), Const, "a constant"),
         ScheduleSpec("Lin", _LIN, Lin, "linear ramp from start to end over steps epochs after initial"),
+        ScheduleSpec("Smoothed", _LIN[:4] + (SParam("mid", "number", 0.25, False),), Smoothed,
+                     "CROWN-IBP's smoothed ramp: quartic, then linear, from start to end over steps epochs"),
         ScheduleSpec("Until", (SParam("thresh", "number"), SParam("a", "schedule"), SParam("b", "schedule")),
                      Until, "a until thresh epochs, then b (with time restarted)"),
         ScheduleSpec("Scale", (SParam("c", "schedule"),), Scale, "c / (1 - c)"),
@@ -335,7 +386,9 @@ def _arg_value(name: str, p: SParam, expr: ast.Expr, env: Mapping[str, Any], whe
 
 
 def _check_ranges(name: str, values: list[Any], span: Span) -> None:
-    if name in ("Lin", "MixLin") and values[2] <= 0:
+    if name == "Smoothed" and not 0 <= values[4] < 1:
+        raise AbsnetError(Diagnostic("E206", f"Smoothed needs 0 <= mid < 1, got {_num(values[4])}", span))
+    if name in ("Lin", "MixLin", "Smoothed") and values[2] <= 0:
         raise AbsnetError(Diagnostic("E206", f"{name} needs steps > 0, got {_num(values[2])}", span))
     if name in ("Scale", "MixLin", "Complement"):
         inner = Lin(*values) if name == "MixLin" else values[0]

@@ -119,4 +119,37 @@ def test_all_problems_of_one_call_are_reported() -> None:
 
 
 def test_catalog_lists_diffai_schedules() -> None:
-    assert set(SCHEDULES) == {"Const", "Lin", "Until", "Scale", "MixLin", "Normal", "Clip", "Complement"}
+    assert set(SCHEDULES) == {
+        "Const", "Lin", "Until", "Scale", "MixLin", "Normal", "Clip", "Complement", "Smoothed",
+    }
+
+
+def _crown_ibp_smoothed(step: int, init: int, final: int, e0: float, e1: float) -> float:
+    """CROWN-IBP's smoothed schedule in its own step units (reference/crown_ibp.md §1.8)."""
+    if step <= init:
+        return e0
+    if step >= final:
+        return e1
+    mid = init + int(0.25 * (final - init))
+    d = mid - init
+    alpha = (e1 - e0) / ((final - mid) * 4 * d**3 + d * d**3)
+    if step < mid:
+        return e0 + alpha * (step - init) ** 4
+    at_mid = e0 + alpha * d**4
+    return at_mid + (e1 - at_mid) * (step - mid) / (final - mid)
+
+
+def test_smoothed_matches_crown_ibp_formula_and_is_continuous() -> None:
+    s = resolve_schedule(parse_expr("Smoothed(0, 0.4, 8, 2)"))
+    for step in range(0, 121):
+        t = step / 10  # 10 steps per epoch: init = 20, final = 100 steps
+        assert s.value(t) == pytest.approx(_crown_ibp_smoothed(step, 20, 100, 0.0, 0.4), abs=1e-12)
+    values = [s.value(i / 1000) for i in range(12001)]
+    assert all(b >= a - 1e-15 for a, b in zip(values, values[1:]))  # monotone ramp
+    assert max(abs(b - a) for a, b in zip(values, values[1:])) < 1e-3  # no jumps
+    assert str(s) == "Smoothed(0, 0.4, 8, 2)"
+
+
+def test_smoothed_rejects_bad_mid() -> None:
+    with pytest.raises(AbsnetError, match="mid"):
+        resolve_schedule(parse_expr("Smoothed(0, 1, 10, 0, 1.5)"))

@@ -86,6 +86,10 @@ class AbstractNetwork(nn.Module):
         self.output_shape: tuple[int, ...] = tuple(graph.output.meta["shape"])
         self.time = 0.0  # fractional epochs, read by schedules in directives (DeepLoss bw)
         self.aux_losses: list[tuple[Any, torch.Tensor]] = []
+        #: in training mode, whether propagate() updates BatchNorm running statistics; the training
+        #: loop turns it off for all but one concrete forward per step (attacks and abstract passes
+        #: must not move the statistics)
+        self.update_buffers = True
         self.rng = torch.Generator().manual_seed(seed)
         init = torch.Generator().manual_seed(seed)
         self.layers = nn.ModuleDict()
@@ -143,7 +147,7 @@ class AbstractNetwork(nn.Module):
             ctx = RuleContext(
                 ops, st.node, mod.tensors() if mod is not None else {}, a, self.training,
                 st.in_shapes, st.out_shape, self.time, self.aux_losses,
-                _buffer_setter(mod) if mod is not None else None,
+                _buffer_setter(mod) if mod is not None and self.update_buffers else None,
             )
             env[st.node.id] = st.rule.fn(ctx, *(env[i] for i in st.inputs))
             for src in st.free:
