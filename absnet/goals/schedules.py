@@ -287,7 +287,7 @@ SCHEDULES: dict[str, ScheduleSpec] = {
     for s in (
         ScheduleSpec("Const", (SParam("c", "number"),), Const, "a constant"),
         ScheduleSpec("Lin", _LIN, Lin, "linear ramp from start to end over steps epochs after initial"),
-        ScheduleSpec("Smoothed", _LIN[:4] + (SParam("mid", "number", 0.25, False),), Smoothed,
+        ScheduleSpec("Smoothed", (*_LIN[:4], SParam("mid", "number", 0.25, False)), Smoothed,
                      "CROWN-IBP's smoothed ramp: quartic, then linear, from start to end over steps epochs"),
         ScheduleSpec("Until", (SParam("thresh", "number"), SParam("a", "schedule"), SParam("b", "schedule")),
                      Until, "a until thresh epochs, then b (with time restarted)"),

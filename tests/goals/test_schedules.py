@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -145,8 +146,8 @@ def test_smoothed_matches_crown_ibp_formula_and_is_continuous() -> None:
         t = step / 10  # 10 steps per epoch: init = 20, final = 100 steps
         assert s.value(t) == pytest.approx(_crown_ibp_smoothed(step, 20, 100, 0.0, 0.4), abs=1e-12)
     values = [s.value(i / 1000) for i in range(12001)]
-    assert all(b >= a - 1e-15 for a, b in zip(values, values[1:]))  # monotone ramp
-    assert max(abs(b - a) for a, b in zip(values, values[1:])) < 1e-3  # no jumps
+    assert all(b >= a - 1e-15 for a, b in itertools.pairwise(values))  # monotone ramp
+    assert max(abs(b - a) for a, b in itertools.pairwise(values)) < 1e-3  # no jumps
     assert str(s) == "Smoothed(0, 0.4, 8, 2)"
 
 
