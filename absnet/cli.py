@@ -1,4 +1,4 @@
-"""The ``absc`` command line: check, show, ops, bounds, demo, version.
+"""The ``absc`` command line: check, show, ops, bounds, demo, train, test, version.
 
 Exit codes: 0 ok, 1 the input has errors, 2 bad command line, 70 internal error.
 Results go to stdout, progress and diagnostics to stderr.
@@ -219,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", default=str(Path(__file__).resolve().parents[1] / "models"))
     s.add_argument("--eps", type=float, default=0.01)
     s.set_defaults(fn=cmd_demo, bounds_models=[("diffai.absnet", "FFNN"), ("diffai.absnet", "ConvSmall")])
+
+    from absnet.train.commands import add_parsers
+
+    add_parsers(sub)
 
     s = sub.add_parser("version", help="print versions")
     s.add_argument("--full", action="store_true")

@@ -182,7 +182,9 @@ def collect_diagnostics(source: Source, file: str = "<string>") -> tuple[list[Di
             elif isinstance(it, ast.BlockDef):
                 Lowerer(blocks, bag).block(it)
             elif isinstance(it, ast.TrainDef):
-                bag.extend(resolve_train(it, nets)[1])
+                from absnet.train.config import check_train
+
+                bag.extend(check_train(it, nets))
     diags.extend(bag.items)
     return dedupe(diags), module.sources
 

@@ -35,7 +35,8 @@ from absnet.ir.ops import RELU_VARIANTS, AttrError, OpSpec
 _POSITIVE = {"out_features", "out_channels", "kernel_size", "stride", "dilation", "groups", "output_size",
              "num_correlate", "num_decorrelate", "k"}
 MAX_REPEAT = 10_000
-_CALL_KEYS = ("data", "optimizer", "goal", "test", "network")  # train settings written as Name or Name(...)
+#: train settings written as Name or Name(...)
+_CALL_KEYS = ("data", "optimizer", "goal", "test", "network", "lr_schedule")
 
 
 def op_slots(spec: OpSpec) -> list[Slot]:
@@ -215,9 +216,13 @@ TRAIN_KEYS: dict[str, TrainKey] = {
     "network": TrainKey(False, "the network to train: Name or Name(param=value, ...)"),
     "data": TrainKey(False, "the dataset, e.g. mnist(batch=128, test_batch=500)"),
     "epsilon": TrainKey(False, "the ambient width in input units: a number or a schedule"),
-    "goal": TrainKey(True, "the training goal(s), e.g. LinMix(a=IFGSM(k=2), b=Box(), bw=0.1)"),
+    "goal": TrainKey(False, "the training goal, e.g. LinMix(a=IFGSM(k=2), b=Box(), bw=0.1)"),
     "test": TrainKey(True, "test goals/analyses, e.g. PGD(k=20), HBox()"),
-    "optimizer": TrainKey(False, "the optimiser, e.g. Adam(lr=0.001)"),
+    "test_epsilon": TrainKey(False, "the width the tests use (default: the largest value of epsilon)"),
+    "test_every": TrainKey(False, "run the tests every n epochs (default 1; 0: only at the end)"),
+    "optimizer": TrainKey(False, "the optimiser, e.g. Adam(lr=0.001) or SGD(lr=0.1, momentum=0.9)"),
+    "lr_schedule": TrainKey(False, "the learning-rate schedule, e.g. MultiStep(milestones=[15, 25])"),
+    "grad_clip": TrainKey(False, "clip the global gradient norm to this value (default: no clipping)"),
     "epochs": TrainKey(False, "the number of epochs (a positive integer)"),
     "seed": TrainKey(False, "the random seed (an integer)"),
 }

@@ -1,0 +1,332 @@
+"""The training loop of ``absc train``: epochs over a dataset, one goal loss per batch, tests, checkpoints.
+
+Time: at batch i (0-based) of epoch e (1-based) of n batches, schedules see t = (e − 1) + (i + 1)/n
+fractional epochs (reference/diffai.md §4). Randomness: the shuffle/augmentation stream and the
+goals' and directives' streams are reseeded from (seed, epoch) at the start of every epoch, so an
+epoch's result depends only on the state at its start. A checkpoint (model, optimiser, generator
+states, position) is written atomically after every epoch and when the run is interrupted, so
+``--resume`` continues exactly. BatchNorm running statistics move once per step (on the clean
+forward), never during attacks or abstract passes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from absnet.diagnostics import AbsnetError, Diagnostic
+from absnet.train.config import TrainConfig
+
+
+@dataclass
+class TrainOptions:
+    """Command-line options of ``absc train`` that are not part of the spec."""
+
+    out: Path = Path("runs")
+    resume: Path | None = None
+    device: str = "cpu"
+    deterministic: bool = False
+    data_dir: str | None = None
+    download: bool = True
+    progress: bool | None = None  # None: a bar when stderr is a terminal, else one line per epoch
+    plots: bool = True
+    log: Callable[[str], None] = field(default=lambda s: print(s, file=sys.stderr, flush=True))
+
+
+class Interrupted(Exception):
+    """Raised after an interrupted run has been checkpointed."""
+
+    def __init__(self, run_dir: Path, epoch: int, batch: int):
+        super().__init__(f"interrupted at epoch {epoch}, batch {batch}")
+        self.run_dir, self.epoch, self.batch = run_dir, epoch, batch
+
+
+def derive_seed(seed: int, epoch: int, stream: str) -> int:
+    """A seed for one random stream of one epoch (stable across runs and platforms)."""
+    return random.Random(f"absnet/{seed}/{epoch}/{stream}").getrandbits(63)
+
+
+def build_network(cfg: TrainConfig, device: str = "cpu") -> Any:
+    """The AbstractNetwork of a training config, initialised from the config's seed."""
+    from absnet.backends.torch.network import AbstractNetwork
+    from absnet.passes.pipeline import lower
+
+    graph, _ = lower(cfg.text, file=cfg.file, network=cfg.network, args=cfg.network_args)
+    return AbstractNetwork(graph, source=cfg.text, seed=cfg.seed).to(device)
+
+
+def check_data_fits(net: Any, cfg: TrainConfig, info: Any) -> None:
+    """E606 when the dataset's image shape or class count does not match the network."""
+    shape, classes = tuple(info.input_shape), info.classes
+    problems = []
+    if tuple(net.input_shape) != shape:
+        problems.append(f"inputs of shape {list(shape)} but network {net.name} expects {list(net.input_shape)}")
+    if tuple(net.output_shape) != (classes,):
+        problems.append(f"{classes} classes but network {net.name} has {list(net.output_shape)} outputs")
+    if problems:
+        hint = f"instantiate the network for this data, e.g. network {net.name}(in_ch={shape[0]}"
+        hint += f", size={shape[-1]}, classes={classes})" if len(shape) == 3 else f", classes={classes})"
+        raise AbsnetError(Diagnostic("E606", f"dataset {info.name} has " + " and ".join(problems), help=hint))
+
+
+class Trainer:
+    """Runs one training config into a run directory."""
+
+    def __init__(self, cfg: TrainConfig, opts: TrainOptions):
+        from absnet.data import Loader, load_split
+
+        self.cfg, self.opts = cfg, opts
+        if opts.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.device = torch.device(opts.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise AbsnetError(Diagnostic("E606", "--device cuda was asked for but torch sees no CUDA device",
+                                         help="run with --device cpu, or install a CUDA build of torch"))
+        self.net = build_network(cfg, opts.device)
+        d = cfg.data
+        self.train_split = load_split(d.name, "train", data_dir=opts.data_dir, download=opts.download)
+        self.test_split = load_split(d.name, "test", data_dir=opts.data_dir, download=opts.download)
+        check_data_fits(self.net, cfg, self.train_split.info)
+        self.data_gen = torch.Generator()
+        self.train_loader = Loader(self.train_split, d.batch, shuffle=True, generator=self.data_gen,
+                                   augment=d.augment, limit=d.train_size, device=self.device)
+        self.test_loader = Loader(self.test_split, d.test_batch, shuffle=False, limit=d.test_size,
+                                  device=self.device)
+        self.optimizer = cfg.optimizer.build(self.net.parameters())
+        self.base_lr = float(cfg.optimizer.args["lr"])
+        self.goal_gen = torch.Generator()
+        self.goal_rng = random.Random(cfg.seed)
+        self.epoch = 0  # completed epochs
+        self.batch = 0  # batches done in the next epoch (non-zero only after an interruption)
+        self.partial = {"loss": 0.0, "correct": 0, "n": 0, "seconds": 0.0}
+        self.best: dict[str, Any] = {}
+        self._stop = False
+
+    # ------------------------------------------------------------------ run directory and checkpoints
+    def open_run(self) -> None:
+        from absnet.train.metrics import MetricsLog
+        from absnet.train.rundir import create_run_dir, environment, open_run_dir, write_spec_copy
+
+        if self.opts.resume is not None:
+            self.run = open_run_dir(self.opts.resume)
+            self._restore()
+        else:
+            self.run = create_run_dir(self.opts.out, self.cfg.name)
+            imports = {}
+            if self.cfg.module is not None and self.cfg.module.sources is not None:
+                imports = {f: t for f, t in self.cfg.module.sources.texts.items() if f != self.cfg.file}
+            write_spec_copy(self.run, self.cfg.text, imports)
+            self.run.write_json("resolved.json", self.cfg.to_json())
+        self.run.write_json("env.json", environment())
+        self.metrics = MetricsLog(self.run.path / "metrics.jsonl")
+        self.metrics.truncate_after(self.epoch)
+
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        from absnet.train.checkpoint import pack_state, spec_hash
+
+        meta = {"epoch": self.epoch, "batch": self.batch, "partial": dict(self.partial), "best": self.best,
+                "spec_hash": spec_hash(self.cfg.text), "train": self.cfg.name, "network": self.cfg.network,
+                "seed": self.cfg.seed, "time": self.epoch + self.batch / max(len(self.train_loader), 1),
+                "resolved": self.cfg.to_json()}
+        return pack_state(self.net, self.optimizer, {"goal": self.goal_gen, "net": self.net.rng},
+                          {"goal": self.goal_rng}, meta)
+
+    def save(self, name: str = "last") -> Path:
+        from absnet.train.checkpoint import save_checkpoint
+
+        tensors, meta = self._state()
+        path = self.run.checkpoints / f"{name}.safetensors"
+        save_checkpoint(path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, meta)
+        return path
+
+    def _restore(self) -> None:
+        from absnet.train.checkpoint import load_checkpoint, spec_hash, unpack_state
+
+        path = self.run.checkpoints / "last.safetensors"
+        tensors, meta = load_checkpoint(path)
+        old = {k: v for k, v in (meta.get("resolved") or {}).items() if k not in ("epochs", "file", "overrides")}
+        new = {k: v for k, v in self.cfg.to_json().items() if k not in ("epochs", "file", "overrides")}
+        if old != new:
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            raise AbsnetError(Diagnostic(
+                "E605", f"{self.run.path} was trained with different settings ({', '.join(changed)}) than "
+                f"{self.cfg.file} gives now: resuming would mix two experiments, so nothing was changed",
+                help=f"resume with the same spec and --set options (the run's copy is {self.run.path / 'spec.absnet'}"
+                     "), or start a new run; only 'epochs' may change when resuming",
+            ))
+        if meta.get("spec_hash") != spec_hash(self.cfg.text):
+            self.opts.log(f"note: {self.cfg.file} differs from the text the run started with (the resolved "
+                          "settings are the same)")
+        unpack_state(tensors, meta, self.net, self.optimizer, {"goal": self.goal_gen, "net": self.net.rng},
+                     {"goal": self.goal_rng})
+        self.epoch, self.batch = int(meta["epoch"]), int(meta["batch"])
+        self.partial = dict(meta.get("partial") or self.partial)
+        self.best = dict(meta.get("best") or {})
+        self.opts.log(f"resuming {self.run.path} at epoch {self.epoch + 1}, batch {self.batch + 1}")
+
+    # ------------------------------------------------------------------ training
+    def run_all(self) -> dict[str, Any]:
+        """Train the remaining epochs; return the summary."""
+        from absnet.train.metrics import summarize
+
+        self.open_run()
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            while self.epoch < self.cfg.epochs:
+                self._train_epoch(self.epoch + 1)
+                self._after_epoch(self.epoch)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        summary = summarize(self.metrics.records())
+        summary.update({"run_dir": str(self.run.path), "best": self.best, "train": self.cfg.name})
+        self.run.write_json("summary.json", summary)
+        if self.opts.plots:
+            self._plots()
+        return summary
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._stop:  # a second Ctrl-C: stop now, the last complete checkpoint stays
+            raise KeyboardInterrupt
+        self._stop = True
+        self.opts.log("\ninterrupt: finishing this batch and saving a checkpoint (Ctrl-C again to abort)")
+
+    def _train_epoch(self, epoch: int) -> None:
+        from absnet.goals.base import GoalContext
+        from absnet.goals.loss import goal_loss
+
+        cfg, net = self.cfg, self.net
+        n = len(self.train_loader)
+        skip = self.batch
+        if skip == 0:
+            self.goal_gen.manual_seed(derive_seed(cfg.seed, epoch, "goal"))
+            net.rng.manual_seed(derive_seed(cfg.seed, epoch, "net"))
+            self.goal_rng.seed(derive_seed(cfg.seed, epoch, "schedules"))
+            self.partial = {"loss": 0.0, "correct": 0, "n": 0, "seconds": 0.0}
+        self.data_gen.manual_seed(derive_seed(cfg.seed, epoch, "data"))
+        lr = cfg.lr_schedule.lr(self.base_lr, epoch - 1, cfg.epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        net.train()
+        bar = self._bar(epoch, n, skip)
+        start = time.perf_counter()
+        eps = 0.0
+        for i, (x, y) in enumerate(self.train_loader.epoch(start_batch=skip), start=skip):
+            t = (epoch - 1) + (i + 1) / n
+            net.time = t
+            eps = cfg.epsilon.value(t, self.goal_rng)
+            net.update_buffers = True
+            with torch.no_grad():
+                correct = int((net(x).argmax(dim=1) == y).sum())
+            net.update_buffers = False
+            ctx = GoalContext(net=net, time=t, epsilon=eps, rng=self.goal_rng, generator=self.goal_gen)
+            try:
+                loss, _ = goal_loss(cfg.goal, ctx, x, y)
+            finally:
+                net.update_buffers = True
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                self._nonfinite(value, epoch, i, n)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            p = self.partial
+            p["loss"] += value * x.shape[0]
+            p["correct"] += correct
+            p["n"] += x.shape[0]
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{p['loss'] / p['n']:.4f}", acc=f"{100 * p['correct'] / p['n']:.1f}%",
+                                eps=f"{eps:.4g}", refresh=False)
+            if self._stop:
+                self.partial["seconds"] += time.perf_counter() - start
+                self.epoch, self.batch = epoch - 1, i + 1
+                path = self.save()
+                if bar is not None:
+                    bar.close()
+                self.opts.log(f"saved {path} (epoch {epoch}, batch {i + 1} of {n})")
+                raise Interrupted(self.run.path, epoch, i + 1)
+        if bar is not None:
+            bar.close()
+        p = self.partial
+        p["seconds"] += time.perf_counter() - start
+        self.epoch, self.batch = epoch, 0
+        self.last_train = {"epoch": epoch, "time": float(epoch), "kind": "train",
+                           "train/loss": p["loss"] / max(p["n"], 1), "train/acc": p["correct"] / max(p["n"], 1),
+                           "epsilon": eps, "lr": lr, "epoch_time": p["seconds"]}
+        if bar is None:
+            self.opts.log(f"epoch {epoch}/{cfg.epochs}  loss {self.last_train['train/loss']:.4f}  "
+                          f"acc {100 * self.last_train['train/acc']:.2f}%  eps {eps:.4g}  lr {lr:.3g}  "
+                          f"{p['seconds']:.1f}s")
+
+    def _bar(self, epoch: int, n: int, skip: int) -> Any:
+        show = self.opts.progress if self.opts.progress is not None else sys.stderr.isatty()
+        if not show:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=n, initial=skip, desc=f"epoch {epoch}/{self.cfg.epochs}", file=sys.stderr,
+                    leave=False, dynamic_ncols=True)
+
+    def _nonfinite(self, value: float, epoch: int, i: int, n: int) -> None:
+        last = self.run.checkpoints / "last.safetensors"
+        kept = f"the last good checkpoint {last} (epoch {self.epoch}) is kept" if last.exists() else \
+            "no checkpoint had been written yet"
+        raise AbsnetError(Diagnostic(
+            "E607", f"the training loss became {value} at epoch {epoch}, batch {i + 1} of {n} (goal "
+            f"{self.cfg.goal}); the run stopped and {kept}",
+            help="lower the learning rate, add 'grad_clip 1.0', or ramp epsilon more slowly (e.g. epsilon Lin(0, "
+                 "0.1, 10))",
+        ))
+
+    def _after_epoch(self, epoch: int) -> None:
+        self.metrics.append(self.last_train)
+        cfg = self.cfg
+        every = cfg.test_every
+        if epoch == cfg.epochs or (every and epoch % every == 0):
+            reports = self.test(epoch)
+            record = {"epoch": epoch, "time": float(epoch), "kind": "test", "epsilon": cfg.test_epsilon}
+            for r in reports:
+                record.update(r.metrics())
+            self.metrics.append(record)
+            self._update_best(reports, epoch)
+        self.save()
+        if self._stop:
+            raise Interrupted(self.run.path, epoch, 0)
+
+    def test(self, epoch: int) -> list[Any]:
+        from absnet.train.evaluate import evaluate, format_table
+
+        reports = evaluate(self.net, self.cfg.tests, lambda: self.test_loader.epoch(), epsilon=self.cfg.test_epsilon,
+                           time_=float(epoch), seed=derive_seed(self.cfg.seed, epoch, "test"))
+        self.opts.log(f"tests after epoch {epoch}:\n{format_table(reports)}")
+        self.last_reports = reports
+        return reports
+
+    def _update_best(self, reports: list[Any], epoch: int) -> None:
+        """Keep checkpoints/best: the highest certified (else attack) accuracy once ε has its final value."""
+        eps = self.cfg.epsilon
+        if not reports or eps.value(float(epoch), random.Random(0)) < eps.bounds()[1]:
+            return
+        key = next((r for r in reports if r.analysis not in ("point", "attack")), reports[0])
+        if key.safe == key.safe and key.safe >= self.best.get("value", -1.0):
+            self.best = {"epoch": epoch, "goal": key.goal, "value": key.safe}
+            self.save("best")
+
+    def _plots(self) -> None:
+        from absnet.train.plots import plots_available, write_plots
+
+        if not plots_available():
+            self.opts.log("note: no plots (matplotlib is not installed: pip install 'absnet[plots]')")
+            return
+        write_plots(self.metrics.records(), self.run.path)
