@@ -73,6 +73,14 @@ LR_SCHEDULES: dict[str, tuple[P, ...]] = {
 DEFAULT_AUGMENT = {"cifar10": "crop_flip", "cifar100": "crop_flip", "svhn": "crop"}
 
 
+#: help for arguments users carry over from other optimisers
+_HINTS = {
+    ("Adam", "momentum"): "Adam's betas play the role of momentum; for SGD with momentum write SGD(momentum=0.9)",
+    ("AdamW", "momentum"): "AdamW's betas play the role of momentum; for SGD with momentum write SGD(momentum=0.9)",
+    ("SGD", "betas"): "betas belong to Adam/AdamW; SGD takes momentum=... and nesterov=true|false",
+}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str
@@ -351,6 +359,8 @@ def _bind(expr: ast.Expr, table: Mapping[str, Sequence[P]], what: str) -> tuple[
                                      notes=(f"{what}s: {', '.join(table)}",), help=did_you_mean(call.name, table)))
     slots = [Slot(p.name, p.required, default_text=None if p.required else describe(p.default)) for p in params]
     bound, diags = bind_args(call, slots)
+    diags = [replace(d, help=_HINTS[(call.name, d.message.rsplit("'", 2)[-2])])
+             if d.code == "E202" and (call.name, d.message.rsplit("'", 2)[-2]) in _HINTS else d for d in diags]
     values = _defaults(params)
     for p in params:
         arg = bound.get(p.name)
