@@ -44,7 +44,8 @@ def _value(v: str) -> Any:
     return v
 
 
-def _read(path: str) -> str:
+def read_source(path: str) -> str:
+    """A file's text; E604 when it cannot be read."""
     try:
         return Path(path).read_text()
     except OSError as e:
@@ -57,7 +58,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     failed = False
     for path in a.files:
         try:
-            text = _read(path)
+            text = read_source(path)
             if a.network or a.arg:
                 lower(text, file=path, network=a.network, args=_parse_args_kv(a.arg))
                 diags = []
@@ -78,7 +79,7 @@ def cmd_show(a: argparse.Namespace) -> int:
     from absnet.passes.infer_domains import InferDomains
     from absnet.passes.pipeline import lower
 
-    graph, _ = lower(_read(a.file), file=a.file, network=a.network, args=_parse_args_kv(a.arg))
+    graph, _ = lower(read_source(a.file), file=a.file, network=a.network, args=_parse_args_kv(a.arg))
     meta: tuple[str, ...] = ("shape",)
     if a.domain:
         from absnet.frontend import parse_analysis

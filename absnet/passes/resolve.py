@@ -240,6 +240,9 @@ class TrainSpec:
     epsilon: float | Schedule | None = None
     epochs: int | None = None
     seed: int | None = None
+    test_every: int | None = None
+    grad_clip: float | None = None
+    test_epsilon: float | None = None
 
     @property
     def goals(self) -> tuple[ast.Expr, ...]:
@@ -323,7 +326,7 @@ def _train_value(key: str, v: ast.Expr, networks: Mapping[str, ast.NetworkDef], 
         if sched.bounds()[0] < 0:
             raise AbsnetError(Diagnostic("E206", "epsilon must not be negative", v.span))
         out["epsilon"] = sched.c if isinstance(sched, Const) else sched
-    elif key in ("epochs", "seed"):
+    elif key in ("epochs", "seed", "test_every"):
         val = evaluate(v, {}, "this train block")
         low = 1 if key == "epochs" else 0
         if isinstance(val, bool) or not isinstance(val, int) or val < low:
@@ -331,3 +334,11 @@ def _train_value(key: str, v: ast.Expr, networks: Mapping[str, ast.NetworkDef], 
             msg = f"setting '{key}' expects {kind}, got {describe(val)}"
             raise AbsnetError(Diagnostic("E206", msg, v.span))
         out[key] = val
+    elif key in ("grad_clip", "test_epsilon"):
+        val = evaluate(v, {}, "this train block")
+        inclusive = key == "test_epsilon"  # a zero test width is allowed, a zero clip norm is not
+        if isinstance(val, bool) or not isinstance(val, int | float) or val < 0 or (val == 0 and not inclusive):
+            want = ">= 0" if inclusive else "> 0"
+            msg = f"setting '{key}' expects a number {want}, got {describe(val)}"
+            raise AbsnetError(Diagnostic("E206", msg, v.span))
+        out[key] = float(val)

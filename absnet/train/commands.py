@@ -9,14 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from absnet.diagnostics import AbsnetError, Diagnostic
-
-
-def _read_spec(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as e:
-        raise AbsnetError(Diagnostic("E604", f"cannot read {path}: {e.strerror}")) from None
+from absnet.cli import read_source
 
 
 def _overrides(a: argparse.Namespace) -> list[str]:
@@ -39,7 +32,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         if resolved.exists():  # reuse the run's own --set options (a missing file is reported by the trainer)
             stored = json.loads(resolved.read_text()).get("overrides", [])
             overrides = [o for o in stored if not o.startswith("epochs=")] + overrides
-    cfg = build_config(_read_spec(a.spec), a.train, file=a.spec, overrides=overrides)
+    cfg = build_config(read_source(a.spec), a.train, file=a.spec, overrides=overrides)
     opts = TrainOptions(out=Path(a.out), resume=Path(a.resume) if a.resume else None, device=a.device,
                         deterministic=a.deterministic, data_dir=a.data_dir, download=not a.offline,
                         progress=False if a.no_progress else None, plots=not a.no_plots)
@@ -71,7 +64,7 @@ def cmd_test(a: argparse.Namespace) -> int:
     from absnet.train.evaluate import evaluate, format_table
     from absnet.train.loop import build_network, check_data_fits
 
-    cfg = build_config(_read_spec(a.spec), a.train, file=a.spec, overrides=_overrides(a))
+    cfg = build_config(read_source(a.spec), a.train, file=a.spec, overrides=_overrides(a))
     tests = cfg.tests
     if a.goal:
         tests = []

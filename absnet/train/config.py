@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from absnet.diagnostics import AbsnetError, Diagnostic, SourceMap, did_you_mean
@@ -116,22 +116,17 @@ class LRSchedule:
     name: str = "Constant"
     args: Mapping[str, Any] = field(default_factory=dict)
 
-    def factor(self, completed: int, epochs: int) -> float:
-        """The multiplier for the epoch after ``completed`` epochs (0-based) of ``epochs``."""
+    def lr(self, base: float, completed: int, epochs: int) -> float:
+        """The learning rate for the epoch after ``completed`` epochs (0-based) of ``epochs``."""
         a = self.args
         if self.name == "MultiStep":
-            return float(a["gamma"]) ** sum(1 for m in a["milestones"] if completed >= m)
+            return base * float(a["gamma"]) ** sum(1 for m in a["milestones"] if completed >= m)
         if self.name == "Step":
-            return float(a["gamma"]) ** (max(0, completed - a["start"]) // a["step"])
+            return base * float(a["gamma"]) ** (max(0, completed - a["start"]) // a["step"])
         if self.name == "Cosine":
-            return math.nan  # handled by lr(): needs the base rate for min_lr
-        return 1.0
-
-    def lr(self, base: float, completed: int, epochs: int) -> float:
-        if self.name == "Cosine":
-            lo = float(self.args["min_lr"])
+            lo = float(a["min_lr"])
             return lo + (base - lo) * (1 + math.cos(math.pi * completed / max(epochs, 1))) / 2
-        return base * self.factor(completed, epochs)
+        return base
 
     def __str__(self) -> str:
         return _show(self.name, self.args)
@@ -164,7 +159,7 @@ class TrainConfig:
         """The resolved configuration as written to ``resolved.json``."""
         return {
             "train": self.name, "file": self.file, "network": self.network,
-            "network_args": dict(self.network_args), "data": vars(self.data) | {},
+            "network_args": dict(self.network_args), "data": asdict(self.data),
             "epsilon": str(self.epsilon), "test_epsilon": self.test_epsilon, "goal": str(self.goal),
             "tests": [str(t) for t in self.tests], "optimizer": str(self.optimizer),
             "lr_schedule": str(self.lr_schedule), "grad_clip": self.grad_clip, "epochs": self.epochs,
@@ -314,36 +309,12 @@ def resolve_settings(spec: TrainSpec) -> tuple[dict[str, Any], list[Diagnostic]]
         OptimizerConfig("Adam", _defaults(OPTIMIZERS["Adam"]))
     lr = spec.settings.get("lr_schedule", (None,))[0]
     out["lr_schedule"] = attempt(_lr_schedule, lr) if lr is not None else LRSchedule()
-    out["grad_clip"] = attempt(_number_setting, spec, "grad_clip", 0.0, False)
-    out["test_every"] = attempt(_int_setting, spec, "test_every", 1)
-    te = attempt(_number_setting, spec, "test_epsilon", 0.0, True)
-    out["test_epsilon"] = te if te is not None else out["epsilon"].bounds()[1]
+    out["grad_clip"] = spec.grad_clip
+    out["test_every"] = spec.test_every if spec.test_every is not None else 1
+    out["test_epsilon"] = spec.test_epsilon if spec.test_epsilon is not None else out["epsilon"].bounds()[1]
     out["epochs"] = spec.epochs if spec.epochs is not None else 10
     out["seed"] = spec.seed if spec.seed is not None else 1
     return out, diags
-
-
-def _int_setting(spec: TrainSpec, key: str, default: int) -> int:
-    v = spec.settings.get(key, (None,))[0]
-    if v is None:
-        return default
-    val = evaluate(v, {}, "this train block")
-    if isinstance(val, bool) or not isinstance(val, int) or val < 0:
-        raise AbsnetError(Diagnostic("E206", f"setting '{key}' expects a non-negative integer, got {describe(val)}",
-                                     v.span))
-    return val
-
-
-def _number_setting(spec: TrainSpec, key: str, low: float, inclusive: bool) -> float | None:
-    v = spec.settings.get(key, (None,))[0]
-    if v is None:
-        return None
-    val = evaluate(v, {}, "this train block")
-    if isinstance(val, bool) or not isinstance(val, int | float) or val < low or (val == low and not inclusive):
-        want = f">= {low:g}" if inclusive else f"> {low:g}"
-        raise AbsnetError(Diagnostic("E206", f"setting '{key}' expects a number {want}, got {describe(val)}",
-                                     v.span))
-    return float(val)
 
 
 def _defaults(params: Sequence[P]) -> dict[str, Any]:

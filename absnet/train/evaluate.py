@@ -51,14 +51,11 @@ class GoalReport:
 
 def _chunk_size(net: Any, goal: Any, batch: int, dtype_bytes: int) -> int:
     """How many examples to analyse at once so the values fit ABSNET_EVAL_MEMORY_GIB (default 2)."""
-    from absnet.passes.estimate_cost import estimate
-
     analysis = getattr(goal, "analysis", None)
     if analysis is None or analysis.kind == "point":
         return batch
-    per_example = estimate(net.graph.copy(), analysis, False, dtype_bytes=dtype_bytes).total_bytes_per_example
     budget = float(os.environ.get("ABSNET_EVAL_MEMORY_GIB", "2")) * 2**30
-    return max(1, min(batch, int(budget // max(per_example, 1))))
+    return max(1, min(batch, int(budget // max(net.bytes_per_example(analysis, dtype_bytes), 1))))
 
 
 def evaluate(

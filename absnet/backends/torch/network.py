@@ -181,13 +181,19 @@ class AbstractNetwork(nn.Module):
         self._warn_if_large(a, x.shape[0], x.element_size())
         return self.propagate(self.input_value(x, eps, a), a)
 
-    def _warn_if_large(self, a: Analysis, batch: int, dtype_bytes: int) -> None:
-        """Warn (once per call) when the cost estimate of this analysis exceeds ABSNET_MEMORY_WARN_GIB."""
+    def bytes_per_example(self, analysis: Analysis | str, dtype_bytes: int = 4) -> int:
+        """Estimated bytes of abstract values per example under ``analysis`` in the current mode
+        (an over-estimate: ``estimate_cost`` sums every node); cached per (analysis, mode)."""
+        a = self.analysis(analysis)
         key = (a, self.training)
         if key not in self._elements_per_example:
             report = estimate(self.graph.copy(), a, self.training, dtype_bytes=1)
             self._elements_per_example[key] = report.total_bytes_per_example
-        need = self._elements_per_example[key] * dtype_bytes * batch
+        return self._elements_per_example[key] * dtype_bytes
+
+    def _warn_if_large(self, a: Analysis, batch: int, dtype_bytes: int) -> None:
+        """Warn (once per call) when the cost estimate of this analysis exceeds ABSNET_MEMORY_WARN_GIB."""
+        need = self.bytes_per_example(a, dtype_bytes) * batch
         limit = float(os.environ.get("ABSNET_MEMORY_WARN_GIB", "8")) * 2**30
         if need > limit:
             warnings.warn(
