@@ -1,9 +1,12 @@
 """Named analyses (what users write as ``domain="HBox()"``) and the domain kinds they carry.
 
 Domain kinds are what flows on an IR edge and what rules are registered for: ``point`` (a concrete
-tensor), ``box`` (centre/radius) and ``zonotope`` (hybrid or pure zonotope). The analyses are
-exactly DiffAI's (reference/diffai.md §1.8): they differ in how the input region is encoded, whether
-the value is hybrid or pure, and the ReLU transformer.
+tensor), ``box`` (centre/radius), ``zonotope`` (hybrid or pure zonotope) and ``linear`` (a value
+known symbolically as linear bounds over its segment's input set, bounded by back-substitution).
+DiffAI's analyses (reference/diffai.md §1.8) differ in how the input region is encoded, whether the
+value is hybrid or pure, and the ReLU transformer. The linear-relaxation analyses
+(reference/crown_ibp.md §1.4, §1.10, §2) differ in where intermediate bounds come from
+(back-substitution or IBP), the lower ReLU slope, and whether lower slopes are optimised (α-CROWN).
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from absnet.diagnostics import AbsnetError, Diagnostic, Span, did_you_mean
-from absnet.ir.ops import RELU_VARIANTS
+from absnet.ir.ops import RELU_VARIANTS, SLOPES
 
-DOMAIN_KINDS = ("point", "box", "zonotope")
+DOMAIN_KINDS = ("point", "box", "zonotope", "linear")
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,32 @@ class Analysis:
     pure: bool = False  # pure zonotope (Z*) vs hybrid (H*)
     relu: str = "Boxy"
     doc: str = ""
+    # linear-relaxation analyses only
+    slope: str = "adaptive"  # lower ReLU slope: one of SLOPES
+    intermediate: str = "crown"  # intermediate bounds by back-substitution ("crown") or IBP ("ibp")
+    intersect: bool = True  # intersect back-substituted intermediate bounds with the IBP box
+    alpha_iters: int = 0  # α-CROWN: gradient steps on the lower slopes (0: plain CROWN)
+    alpha_lr: float = 0.5
+    proj: int = 0  # WongKolter(proj=k): random-projection estimate (training only, not sound)
+
+    @property
+    def sound(self) -> bool:
+        """Whether bounds of this analysis are certificates (random projections are estimates)."""
+        return self.proj == 0
 
     def __str__(self) -> str:
         base = ANALYSES.get(self.name)
-        if base is not None and base.relu != self.relu:
-            return f'{self.name}(relu="{self.relu}")'
-        return f"{self.name}()"
+        if base is None:
+            return f"{self.name}()"
+        fields = [(k, _FIELDS.get(k, k)) for k in ARGS.get(self.name, ())]
+        args = [f"{k}={_show(getattr(self, f))}" for k, f in fields if getattr(self, f) != getattr(base, f)]
+        if base.relu != self.relu:
+            args.insert(0, f'relu="{self.relu}"')
+        return f"{self.name}({', '.join(args)})"
+
+
+def _show(v: Any) -> str:
+    return f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 ANALYSES: dict[str, Analysis] = {
@@ -48,9 +71,30 @@ ANALYSES: dict[str, Analysis] = {
         Analysis("ZSwitch", "zonotope", True, "Switch", "pure zonotope, Switch ReLU"),
         Analysis("ZNIPS", "zonotope", True, "NIPS", "pure zonotope, DeepZ ReLU (= DeepZ)"),
         Analysis("ZSmooth", "zonotope", True, "Smooth", "pure zonotope, Smooth ReLU"),
+        Analysis("CROWN", "linear", doc="linear bounds by back-substitution at every layer (quadratic in depth)"),
+        Analysis("CROWN_IBP", "linear", intermediate="ibp",
+                 doc="IBP intermediate bounds, back-substitution from the output only (CROWN-IBP)"),
+        Analysis("DeepPoly", "linear", intersect=False,
+                 doc="back-substitution at every layer, area-minimising lower slope, no IBP intersection"),
+        Analysis("FastLin", "linear", slope="same_slope", intersect=False,
+                 doc="back-substitution with the same slope above and below (Fast-Lin)"),
+        Analysis("WongKolter", "linear", slope="same_slope", intersect=False,
+                 doc="the Wong-Kolter dual bound (= FastLin); proj=k: random-projection estimate for training"),
+        Analysis("AlphaCROWN", "linear", alpha_iters=20,
+                 doc="CROWN with the lower ReLU slopes optimised by gradient steps (never looser than CROWN)"),
     )
 }
 ALIASES = {"IBP": "Box", "DeepZ": "ZNIPS"}
+#: the keyword arguments each analysis takes (besides relu= for the H*/Z* family)
+ARGS: dict[str, tuple[str, ...]] = {
+    "CROWN": ("slope",),
+    "CROWN_IBP": ("slope",),
+    "DeepPoly": (),
+    "FastLin": (),
+    "WongKolter": ("proj",),
+    "AlphaCROWN": ("iters", "lr", "slope"),
+}
+_FIELDS = {"iters": "alpha_iters", "lr": "alpha_lr"}
 
 
 def make_analysis(name: str, kwargs: Mapping[str, Any] | None = None, span: Span | None = None) -> Analysis:
@@ -68,12 +112,17 @@ def make_analysis(name: str, kwargs: Mapping[str, Any] | None = None, span: Span
         )
     a = ANALYSES[canon]
     relu = kwargs.pop("relu", None)
-    if kwargs:
-        bad = next(iter(kwargs))
-        raise AbsnetError(
-            Diagnostic("E202", f"{canon}() has no argument '{bad}'", span,
-                       help=did_you_mean(bad, ["relu"]) or "the only argument of an analysis is relu=")
-        )
+    allowed = ARGS.get(canon, ())
+    for key, value in kwargs.items():
+        if key not in allowed:
+            choices = ["relu"] if a.kind == "zonotope" else list(allowed)
+            raise AbsnetError(
+                Diagnostic("E202", f"{canon}() has no argument '{key}'", span,
+                           help=did_you_mean(key, choices) or (
+                               f"{canon}() takes {', '.join(f'{c}=' for c in choices)}" if choices
+                               else f"{canon}() takes no arguments"))
+            )
+        a = replace(a, **{_FIELDS.get(key, key): _check_arg(canon, key, value, span)})
     if relu is not None:
         if a.kind != "zonotope" or relu not in RELU_VARIANTS:
             choices = ", ".join(RELU_VARIANTS)
@@ -83,3 +132,22 @@ def make_analysis(name: str, kwargs: Mapping[str, Any] | None = None, span: Span
             )
         a = replace(a, relu=relu)
     return a
+
+
+def _check_arg(name: str, key: str, value: Any, span: Span | None) -> Any:
+    """Check one argument of a linear-relaxation analysis (E203 with what was expected)."""
+    def bad(expected: str) -> AbsnetError:
+        return AbsnetError(Diagnostic("E203", f"{name}() cannot take {key}={value!r}", span,
+                                      help=f"{key}= is {expected}"))
+
+    if key == "slope":
+        if value not in SLOPES:
+            raise bad("one of " + ", ".join(f'"{s}"' for s in SLOPES))
+        return value
+    if key in ("iters", "proj"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "iters" else 0):
+            raise bad("a positive integer" if key == "iters" else "a non-negative integer (0: exact)")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise bad("a positive number")
+    return float(value)

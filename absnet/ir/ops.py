@@ -19,6 +19,8 @@ Attrs = Mapping[str, Any]
 REQUIRED: Any = object()
 RELU_VARIANTS = ("Boxy", "BoxySound", "Switch", "Smooth", "NIPS")
 MAX_TYPES = ("ub", "only_beta", "head_beta")
+#: lower ReLU slopes of the linear-relaxation analyses (reference/crown_ibp.md §1.4)
+SLOPES = ("adaptive", "same_slope", "zero_lb", "one_lb")
 
 
 class ShapeError(Exception):
@@ -473,6 +475,13 @@ CATALOG_LIST: tuple[OpSpec, ...] = (
         (Attr("num_decorrelate", "int", aliases=("k",)), _ONLY_TRAIN_T, Attr("num_to_keep", "bool", False)),
         same_shape, "fold the generators with the least L1 mass into the box radii "
         "(num_to_keep=true: keep the num_decorrelate largest instead)"),
+    _op("ToLinear", "directive",
+        (Attr("slope", "enum", None, "lower ReLU slope from here on (default: the analysis's, else adaptive)",
+              choices=SLOPES),
+         Attr("intermediate", "enum", None, "intermediate bounds by back-substitution (crown) or IBP (ibp)",
+              choices=("crown", "ibp")),
+         _ONLY_TRAIN_F), same_shape,
+        "from here on, bound by back-substitution of linear bounds over the box reached here (CROWN family)"),
     _op("DeepLoss", "directive", (Attr("bw", "schedule", 0.01), Attr("act", "enum", "relu", choices=("relu",))),
         same_shape, "add bw * deep_loss(value here) to the training loss (training only)"),
     _op("IdentLoss", "directive", (Attr("bw", "schedule", 0.01), Attr("act", "enum", "relu", choices=("relu",))),

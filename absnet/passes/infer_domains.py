@@ -6,7 +6,8 @@ Rules:
   for ``(op, kind)`` gives the output kind (e.g. CorrMaxK turns a box into a zonotope).
 - directives with ``only_train`` are skipped (identity) in eval mode.
 - a node with no rule for its input kind is an E401 error naming the layer, the kind, the kinds the
-  op supports and a fix; every such node is reported at once.
+  op supports and a fix; every such node is reported at once (after a linear-kind error, typing
+  goes on as if the suggested Concretize() were there).
 Sets ``node.meta["domain_in"]`` and ``node.meta["domain"]``.
 """
 
@@ -64,6 +65,9 @@ class InferDomains(Pass):
                     notes=[f"{node.op} supports: {', '.join(have) or 'no abstract domain'}"],
                     help=_fix(kind, have),
                 )
+                if kind == "linear" and "box" in have:  # go on as the suggested Concretize() would
+                    fallback = lookup(node.op, "box")
+                    node.meta["domain"] = fallback.out if fallback is not None else None
                 continue
             node.meta["domain"] = rule.out
         bag.raise_if_any()
@@ -71,6 +75,9 @@ class InferDomains(Pass):
 
 
 def _fix(kind: str, have: list[str]) -> str:
+    if "box" in have and kind == "linear":
+        return ("insert Concretize(only_train=false) before this layer to continue from the box of the "
+                "linear bounds reached there (ToLinear() after it resumes back-substitution)")
     if "box" in have and kind == "zonotope":
         return "insert Concretize(only_train=false) before this layer, or analyse with Box()"
     return f"analyse with an analysis that carries {' or '.join(have)} values here"

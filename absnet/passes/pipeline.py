@@ -1,7 +1,9 @@
 """The compiler pipeline: source → IR → checked IR → AbstractNetwork.
 
-Order: resolve and lower (``absnet.frontend``) → infer_shapes → infer_domains (every analysis,
-train and eval mode, for ``check``) → decompose and estimate_cost (per analysis, in the backends).
+Order: resolve and lower (``absnet.frontend``) → infer_shapes → infer_domains (every DiffAI
+analysis, train and eval mode, for ``check``; the linear-relaxation analyses when asked for, since
+DiffAI's directives have no linear rules) → decompose and estimate_cost (per analysis, in the
+backends).
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ from absnet.passes.infer_domains import InferDomains
 from absnet.passes.infer_shapes import InferShapes
 
 
+#: the analyses every network must support (checked at compile time)
+CHECKED = tuple(a for a in ANALYSES.values() if a.kind != "linear")
+
+
 def check_graph(graph: IRGraph, analyses: Iterable[Analysis] | None = None) -> IRGraph:
-    """Infer shapes, then type the graph under every analysis in both modes; raise all errors."""
+    """Infer shapes, then type the graph under every analysis of ``analyses`` (default
+    :data:`CHECKED`) in both modes; raise all errors."""
     InferShapes().run(graph)
     found: dict[tuple, Diagnostic] = {}
-    for a in analyses if analyses is not None else ANALYSES.values():
+    for a in analyses if analyses is not None else CHECKED:
         for training in (False, True):
             try:
                 InferDomains(a, training).run(graph.copy())
@@ -52,9 +59,12 @@ def lower(
     return graph, sources
 
 
-def check_text(text: str, file: str = "<string>") -> tuple[list[Diagnostic], SourceMap]:
+def check_text(
+    text: str, file: str = "<string>", analyses: Iterable[Analysis] = ()
+) -> tuple[list[Diagnostic], SourceMap]:
     """Every problem of a file (what ``absc check`` reports): front end, then shapes and domains of
-    every network with its default parameters. Returns the diagnostics and the sources to render."""
+    every network with its default parameters, under the DiffAI analyses and ``analyses``. Returns
+    the diagnostics and the sources to render."""
     from absnet import frontend
 
     diags, sources = frontend.collect_diagnostics(text, file)
@@ -63,7 +73,7 @@ def check_text(text: str, file: str = "<string>") -> tuple[list[Diagnostic], Sou
     module = frontend.parse_source(text, file)
     for name in frontend.list_networks(module, file=file):
         try:
-            check_graph(frontend.lower_network(module, network=name, file=file))
+            check_graph(frontend.lower_network(module, network=name, file=file), (*CHECKED, *analyses))
         except AbsnetError as e:
             diags.extend(e.diagnostics)
     return diags, module.sources

@@ -109,19 +109,18 @@ def conv2d_zonotope(ctx: RuleContext, x: Value) -> Value:
 # --------------------------------------------------------------------------- Normalize
 
 
-def _channel_shape(ctx: RuleContext, x: Value, n: int) -> tuple[int, ...]:
-    rank = len(elem_shape(ctx.ops, center_of(x)))
-    return (n,) + (1,) * (rank - 1)
-
-
-def _normalize(ctx: RuleContext, x: Value) -> Value:
+def normalize_coeffs(ctx: RuleContext, c: T) -> tuple[T, T]:
+    """(scale, shift) of Normalize as x·scale + shift, shaped to broadcast against (N, *s)."""
     ops, a = ctx.ops, ctx.attrs
-    c = center_of(x)
-    shape = _channel_shape(ctx, x, len(a["mean"]))
+    shape = (len(a["mean"]),) + (1,) * (len(elem_shape(ops, c)) - 1)
     std = [float(s) for s in a["std"]]
     scale = const(ops, [1.0 / s for s in std], c)
     shift = const(ops, [-m / s for m, s in zip(a["mean"], std, strict=True)], c)
-    return scale_shift(ops, x, ops.reshape(scale, shape), ops.reshape(shift, shape))
+    return ops.reshape(scale, shape), ops.reshape(shift, shape)
+
+
+def _normalize(ctx: RuleContext, x: Value) -> Value:
+    return scale_shift(ctx.ops, x, *normalize_coeffs(ctx, center_of(x)))
 
 
 @transformer("Normalize", "point")
@@ -145,17 +144,17 @@ def normalize_zonotope(ctx: RuleContext, x: Value) -> Value:
 # --------------------------------------------------------------------------- BatchNorm
 
 
-def _batchnorm(ctx: RuleContext, x: Value) -> Value:
-    """Shared BatchNorm rule. Eval: running statistics. Training: biased per-channel batch
-    statistics of the concrete values (a point, or the centre of an abstract value, detached as in
-    DiffAI), and the running statistics move by ``momentum`` (unbiased variance, as torch)."""
+def batchnorm_coeffs(ctx: RuleContext, c: T, concrete: bool) -> tuple[T, T]:
+    """(scale, shift) of BatchNorm as x·scale + shift, shaped to broadcast against (N, *s). Eval:
+    running statistics. Training: biased per-channel batch statistics of ``c`` (a point, or the
+    centre of an abstract value, detached unless ``concrete``, as in DiffAI), and the running
+    statistics move by ``momentum`` (unbiased variance, as torch)."""
     ops, a, p = ctx.ops, ctx.attrs, ctx.params
-    c = center_of(x)
     shape = elem_shape(ops, c)
     cshape = (shape[0],) + (1,) * (len(shape) - 1)
     eps = const(ops, a["eps"], c)
     if ctx.training:
-        conc = c if c is x else ops.detach(c)
+        conc = c if concrete else ops.detach(c)
         axes = [0, *range(2, len(shape) + 1)]
         count = ops.sum(ops.add(ops.zeros_like(conc), const(ops, 1.0, conc)), axes)
         mean = ops.div(ops.sum(conc, axes), count)
@@ -177,7 +176,13 @@ def _batchnorm(ctx: RuleContext, x: Value) -> Value:
     shift = ops.neg(ops.mul(mean, scale))
     if p.get("bias") is not None:
         shift = ops.add(shift, p["bias"])
-    return scale_shift(ops, x, ops.reshape(scale, cshape), ops.reshape(shift, cshape))
+    return ops.reshape(scale, cshape), ops.reshape(shift, cshape)
+
+
+def _batchnorm(ctx: RuleContext, x: Value) -> Value:
+    """Shared BatchNorm rule: the affine map of :func:`batchnorm_coeffs`."""
+    c = center_of(x)
+    return scale_shift(ctx.ops, x, *batchnorm_coeffs(ctx, c, concrete=c is x))
 
 
 @transformer("BatchNorm1d", "point")
@@ -222,20 +227,23 @@ def batchnorm2d_zonotope(ctx: RuleContext, x: Value) -> Value:
 # --------------------------------------------------------------------------- Dropout
 
 
-def _dropout(ctx: RuleContext, x: Value) -> Value:
-    """Training: multiply by the mask [u ≥ p]/(1 − p) with u = rand_like (one draw per example
-    element, shared by centre, radii and generators). Eval: identity. p ≥ 1 drops everything."""
-    if not ctx.training:
-        return x
-    ops, p = ctx.ops, float(ctx.attrs["p"])
-    c = center_of(x)
-    if p <= 0.0:
-        return x
+def dropout_mask(ctx: RuleContext, c: T) -> T | None:
+    """Training: the mask [u ≥ p]/(1 − p) with u = rand_like(c) (one draw per example element);
+    None when nothing is dropped (eval mode, or p ≤ 0). p ≥ 1 drops everything."""
+    p = float(ctx.attrs["p"])
+    if not ctx.training or p <= 0.0:
+        return None
+    ops = ctx.ops
     keep_scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
     noise = ops.rand_like(c)
-    mask = ops.where(ops.greater(const(ops, p, c), noise), ops.zeros_like(noise),
+    return ops.where(ops.greater(const(ops, p, c), noise), ops.zeros_like(noise),
                      ops.add(ops.zeros_like(noise), const(ops, keep_scale, c)))
-    return scale_shift(ops, x, mask, per_ex=True)
+
+
+def _dropout(ctx: RuleContext, x: Value) -> Value:
+    """Multiply by :func:`dropout_mask` (shared by centre, radii and generators)."""
+    mask = dropout_mask(ctx, center_of(x))
+    return x if mask is None else scale_shift(ctx.ops, x, mask, per_ex=True)
 
 
 @transformer("Dropout", "point")

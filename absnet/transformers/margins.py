@@ -1,7 +1,8 @@
 """Output-side queries written against the facade: input regions and margin bounds.
 
 ``margin_lower`` folds the specification "true class minus every other class" into the output
-value, so generators shared by two logits cancel (correlation-aware certification,
+value (linear values: into the objective of the back-substitution, so it meets the last layer's
+weights first), so generators shared by two logits cancel (correlation-aware certification,
 reference/diffai.md §1.7): for a zonotope, d_j = z_y − z_j has centre c_y − c_j, generators
 e_y − e_j and box radius b_y + b_j (j ≠ y), and 0 exactly at j = y.
 """
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from absnet.domains import Box, Zonotope
+from absnet.domains import linear as L
 from absnet.ir.domains import Analysis
 from absnet.transformers.tensor_ops import TensorOps
 
@@ -26,12 +28,19 @@ def input_bounds(ops: TensorOps, x: Any, eps: Any, low: float, high: float) -> t
     return lower, upper
 
 
-def abstract_input(ops: TensorOps, lower: Any, upper: Any, analysis: Analysis) -> Any:
+def abstract_input(
+    ops: TensorOps, lower: Any, upper: Any, analysis: Analysis, ball: tuple[Any, Any] | None = None
+) -> Any:
     """Encode the box [lower, upper] (N, *s) as the analysis's input value.
 
     Box: centre/radius. H*/Z* analyses: centre plus one generator per input element (a diagonal
-    generator matrix), as DiffAI's HBox family does (§1.8). Point: the centre.
+    generator matrix), as DiffAI's HBox family does (§1.8). Point: the centre. Linear analyses: the
+    source of a linear segment; ``ball`` = (centre, ε) adds an L2 ball the box is intersected with
+    (the box is then the ball's bounding box ∩ the input range).
     """
+    if analysis.kind == "linear":
+        center, eps = ball if ball is not None else (None, None)
+        return L.LinearValue.from_set(L.InputSet(lower, upper, center, eps), analysis, ops)
     box = Box.from_bounds(ops, lower, upper)
     if analysis.kind == "point":
         return box.center
@@ -50,7 +59,9 @@ def _eye(n: int) -> np.ndarray:
 
 
 def bounds(ops: TensorOps, value: Any) -> tuple[Any, Any]:
-    """(lower, upper) of a point, box or zonotope value."""
+    """(lower, upper) of a point, box, zonotope or linear value (linear: by back-substitution)."""
+    if isinstance(value, L.LinearValue):
+        return L.bounds(ops, value)
     if isinstance(value, Box | Zonotope):
         return value.lower(ops), value.upper(ops)
     return value, value
@@ -61,6 +72,8 @@ def margin_lower(ops: TensorOps, value: Any, onehot: Any) -> Any:
 
     ``onehot`` is the (N, C) one-hot encoding of the labels in the value's dtype.
     """
+    if isinstance(value, L.LinearValue):
+        return L.margin_lower(ops, value, onehot)
     not_y = ops.sub(ops.constant(1.0, onehot), onehot)
     if not isinstance(value, Box | Zonotope):
         zy = ops.sum(ops.mul(value, onehot), [1], keepdims=True)

@@ -77,8 +77,10 @@ def load_rules() -> dict[tuple[str, str], Rule]:
     """Import every rule module (registration happens at import) and return the table."""
     import absnet.transformers.activations
     import absnet.transformers.affine
+    import absnet.transformers.backward
     import absnet.transformers.directives
     import absnet.transformers.pooling
+    import absnet.transformers.relaxations
     import absnet.transformers.structure  # noqa: F401
 
     return RULES

@@ -1,6 +1,7 @@
 """Golden diagnostics (what ``absc check`` prints): each tests/golden/diagnostics/X.absnet renders exactly X.expected.
 
-Run ``pytest --update-golden`` to rewrite the expected files, then review the diff.
+Run ``pytest --update-golden`` to rewrite the expected files, then review the diff. A first line
+``# absc check --analysis A`` adds the analyses A (as ``absc check --analysis`` does).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from absnet.diagnostics import AbsnetError
+from absnet.frontend import parse_analysis
 from absnet.passes.pipeline import check_text
 
 ROOT = Path(__file__).parents[2]
@@ -19,7 +21,11 @@ CASES = sorted(GOLDEN.glob("*.absnet"))
 
 def render(path: Path) -> str:
     name = path.relative_to(ROOT).as_posix()  # machine independent file names in the output
-    diags, sources = check_text(path.read_text(encoding="utf-8"), name)
+    text = path.read_text(encoding="utf-8")
+    first = text.splitlines()[0] if text else ""
+    flag = "# absc check --analysis "
+    analyses = [parse_analysis(t) for t in first[len(flag):].split()] if first.startswith(flag) else []
+    diags, sources = check_text(text, name, analyses)
     if diags:
         return AbsnetError(diags, sources).render() + "\n"
     return "no errors\n"

@@ -168,18 +168,33 @@ class AbstractNetwork(nn.Module):
         self._check_input(x)
         return self.propagate(x, ANALYSES["Point"])
 
-    def input_value(self, x: torch.Tensor, eps: Any, domain: Analysis | str) -> Any:
-        """The analysis's encoding of the ε-ball around ``x`` intersected with the input range."""
+    def input_value(self, x: torch.Tensor, eps: Any, domain: Analysis | str, norm: float = math.inf) -> Any:
+        """The analysis's encoding of the ε-ball around ``x`` intersected with the input range.
+
+        ``norm`` is ∞ (an L∞ ball) or 2 (an L2 ball: linear analyses bound over the ball itself,
+        the others over its bounding box; both intersected with the input range)."""
         self._check_input(x)
         ops = TorchOps(self.rng)
-        lo, hi = M.input_bounds(ops, x, _as_eps(eps, x), *self.input_range)
-        return M.abstract_input(ops, lo, hi, self.analysis(domain))
+        e = _as_eps(eps, x)
+        lo, hi = M.input_bounds(ops, x, e, *self.input_range)
+        if norm == math.inf:
+            return M.abstract_input(ops, lo, hi, self.analysis(domain))
+        if norm != 2:
+            raise AbsnetError(Diagnostic("E602", f"norm must be inf or 2, got {norm}",
+                                         help="use norm=math.inf (L∞ ball) or norm=2 (L2 ball)"))
+        radius = e.reshape(-1) if e.dim() and e.numel() == x.shape[0] else None
+        if radius is None:
+            if e.numel() != 1:
+                raise AbsnetError(Diagnostic("E602", "an L2 ball needs one radius per example (or one number)"))
+            radius = e.reshape(1).expand(x.shape[0])
+        return M.abstract_input(ops, lo, hi, self.analysis(domain), ball=(x, radius))
 
-    def output_value(self, x: torch.Tensor, eps: Any, domain: Analysis | str = "Box()") -> Any:
-        """The abstract output value (Box, Zonotope or tensor) for the ε-ball around ``x``."""
+    def output_value(self, x: torch.Tensor, eps: Any, domain: Analysis | str = "Box()",
+                     norm: float = math.inf) -> Any:
+        """The abstract output value (Box, Zonotope, LinearValue or tensor) for the ε-ball around ``x``."""
         a = self.analysis(domain)
         self._warn_if_large(a, x.shape[0], x.element_size())
-        return self.propagate(self.input_value(x, eps, a), a)
+        return self.propagate(self.input_value(x, eps, a, norm), a)
 
     def bytes_per_example(self, analysis: Analysis | str, dtype_bytes: int = 4) -> int:
         """Estimated bytes of abstract values per example under ``analysis`` in the current mode
@@ -203,13 +218,14 @@ class AbstractNetwork(nn.Module):
             )
 
     def bounds(
-        self, x: torch.Tensor, eps: Any = 0.0, domain: Analysis | str = "Box()"
+        self, x: torch.Tensor, eps: Any = 0.0, domain: Analysis | str = "Box()", norm: float = math.inf
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sound lower and upper bounds (N, outputs) on the network over the ε-ball around ``x``.
 
-        ``eps`` is a number, or a tensor broadcastable to ``x`` (per example or per element).
+        ``eps`` is a number, or a tensor broadcastable to ``x`` (per example or per element);
+        ``norm`` is ∞ or 2 (see :meth:`input_value`).
         """
-        return M.bounds(TorchOps(), self.output_value(x, eps, domain))
+        return M.bounds(TorchOps(), self.output_value(x, eps, domain, norm))
 
     def bounds_box(
         self, lower: torch.Tensor, upper: torch.Tensor, domain: Analysis | str = "Box()"
@@ -224,18 +240,27 @@ class AbstractNetwork(nn.Module):
         return M.bounds(ops, self.propagate(M.abstract_input(ops, lower, upper, a), a))
 
     def margin_lower(
-        self, x: torch.Tensor, y: torch.Tensor, eps: Any = 0.0, domain: Analysis | str = "Box()"
+        self, x: torch.Tensor, y: torch.Tensor, eps: Any = 0.0, domain: Analysis | str = "Box()",
+        norm: float = math.inf,
     ) -> torch.Tensor:
         """Lower bounds of f_y − f_j (N, classes), computed inside the domain; 0 at j = y."""
-        out = self.output_value(x, eps, domain)
+        out = self.output_value(x, eps, domain, norm)
         onehot = torch.nn.functional.one_hot(y.long(), self.output_shape[0]).to(x.dtype)
         return M.margin_lower(TorchOps(), out, onehot)
 
     def certify(
-        self, x: torch.Tensor, y: torch.Tensor, eps: Any = 0.0, domain: Analysis | str = "Box()"
+        self, x: torch.Tensor, y: torch.Tensor, eps: Any = 0.0, domain: Analysis | str = "Box()",
+        norm: float = math.inf,
     ) -> torch.Tensor:
-        """True where every margin f_y − f_j (j ≠ y) is provably positive over the ε-ball."""
-        m = self.margin_lower(x, y, eps, domain)
+        """True where every margin f_y − f_j (j ≠ y) is provably positive over the ε-ball.
+
+        Raises E403 for analyses whose bounds are estimates (``WongKolter(proj=k)``)."""
+        a = self.analysis(domain)
+        if not a.sound:
+            raise AbsnetError(Diagnostic(
+                "E403", f"{a} estimates bounds with random projections: not a certificate",
+                help="certify with WongKolter() (exact) or CROWN(); proj= is for training"))
+        m = self.margin_lower(x, y, eps, a, norm)
         onehot = torch.nn.functional.one_hot(y.long(), self.output_shape[0]).bool()
         return m.masked_fill(onehot, float("inf")).min(dim=1).values > 0
 
