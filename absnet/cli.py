@@ -1,4 +1,4 @@
-"""The ``absc`` command line: check, show, ops, bounds, demo, train, test, version.
+"""The ``absc`` command line: check, show, ops, bounds, demo, train, test, verify, version.
 
 Exit codes: 0 ok, 1 the input has errors, 2 bad command line, 70 internal error.
 Results go to stdout, progress and diagnostics to stderr.
@@ -44,6 +44,12 @@ def _value(v: str) -> Any:
     return v
 
 
+def _parse_analysis(text: str) -> Any:
+    from absnet.frontend import parse_analysis
+
+    return parse_analysis(text)
+
+
 def read_source(path: str) -> str:
     """A file's text; E604 when it cannot be read."""
     try:
@@ -53,17 +59,23 @@ def read_source(path: str) -> str:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from absnet.passes.pipeline import check_text, lower
+    from absnet.passes.pipeline import check_graph, check_text, lower
 
     failed = False
     for path in a.files:
         try:
             text = read_source(path)
+            analyses = [_parse_analysis(t) for t in a.analysis]
             if a.network or a.arg:
-                lower(text, file=path, network=a.network, args=_parse_args_kv(a.arg))
+                graph, sources = lower(text, file=path, network=a.network, args=_parse_args_kv(a.arg))
                 diags = []
+                if analyses:
+                    try:
+                        check_graph(graph, analyses)
+                    except AbsnetError as e:
+                        diags = list(e.diagnostics)
             else:
-                diags, sources = check_text(text, path)
+                diags, sources = check_text(text, path, analyses)
             if diags:
                 raise AbsnetError(diags, sources)
             print(f"{path}: ok")
@@ -192,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check", help="check .absnet files and report every problem")
     s.add_argument("files", nargs="+")
+    s.add_argument("--analysis", action="append", default=[], metavar="DOMAIN",
+                   help='also check under this analysis, e.g. --analysis "CROWN()" (DiffAI\'s are always checked)')
     net_args(s)
     s.set_defaults(fn=cmd_check)
 
@@ -224,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     from absnet.train.commands import add_parsers
 
     add_parsers(sub)
+    from absnet.verify.commands import add_parsers as add_verify_parsers
+
+    add_verify_parsers(sub)
 
     s = sub.add_parser("version", help="print versions")
     s.add_argument("--full", action="store_true")

@@ -57,12 +57,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_test(a: argparse.Namespace) -> int:
     import torch
 
-    from absnet.data import Loader, load_split
+    from absnet.data import Loader
     from absnet.goals.catalog import check_test_goal, parse_goal
-    from absnet.train.checkpoint import load_weights
     from absnet.train.config import build_config
     from absnet.train.evaluate import evaluate, format_table
-    from absnet.train.loop import build_network, check_data_fits
 
     cfg = build_config(read_source(a.spec), a.train, file=a.spec, overrides=_overrides(a))
     tests = cfg.tests
@@ -74,10 +72,7 @@ def cmd_test(a: argparse.Namespace) -> int:
             tests.append(g)
     if a.threads:
         torch.set_num_threads(a.threads)
-    net = build_network(cfg, a.device)
-    meta = load_weights(a.checkpoint, net)
-    split = load_split(cfg.data.name, "test", data_dir=a.data_dir, download=not a.offline)
-    check_data_fits(net, cfg, split.info)
+    net, meta, split = load_for_test(cfg, a.checkpoint, device=a.device, data_dir=a.data_dir, offline=a.offline)
     loader = Loader(split, cfg.data.test_batch, shuffle=False, limit=cfg.data.test_size, device=a.device)
     eps = a.epsilon if a.epsilon is not None else cfg.test_epsilon
     time_ = float(meta.get("time", meta.get("epoch", 0)) or 0)
@@ -105,13 +100,28 @@ def cmd_test(a: argparse.Namespace) -> int:
     return 0
 
 
+def load_for_test(cfg: Any, checkpoint: str | os.PathLike[str], *, device: str = "cpu", data_dir: str | None = None,
+                  offline: bool = False) -> tuple[Any, dict, Any]:
+    """The network of a train config with a checkpoint's weights, the checkpoint's meta, and the test split
+    (checked to fit the network); shared by ``absc test`` and ``absc verify``."""
+    from absnet.data import load_split
+    from absnet.train.checkpoint import load_weights
+    from absnet.train.loop import build_network, check_data_fits
+
+    net = build_network(cfg, device)
+    meta = load_weights(checkpoint, net)
+    split = load_split(cfg.data.name, "test", data_dir=data_dir, download=not offline)
+    check_data_fits(net, cfg, split.info)
+    return net, meta, split
+
+
 def _json_default(v: Any) -> Any:
     return None if isinstance(v, float) and v != v else str(v)
 
 
-def _default_json(checkpoint: Path) -> Path:
+def _default_json(checkpoint: Path, kind: str = "test") -> Path:
     stem = checkpoint.name.split(".")[0]
-    return checkpoint.with_name(f"{stem}.test.json")
+    return checkpoint.with_name(f"{stem}.{kind}.json")
 
 
 def add_parsers(sub: Any) -> None:
