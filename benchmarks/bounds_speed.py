@@ -6,12 +6,18 @@ For each model and batch size, the concrete forward and every analysis are timed
 rounds (median of ``--repeat``), on the CPU, without gradients, in eval mode. Analyses whose
 estimated memory (``absc show ir --domain``) exceeds ``--budget-gib`` are skipped and the estimate is
 printed instead. Target (issue: compiler core): Box ≤ 2.5× the forward pass.
+
+    python benchmarks/bounds_speed.py --linear [--models ConvSmall,ConvBig]
+
+times the linear-relaxation analyses instead (benchmarks/linear_bounds.py): CROWN-IBP margins
+relative to IBP and the forward pass, CROWN and α-CROWN per example, and CROWN's peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -35,8 +41,16 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--budget-gib", type=float, default=6.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--linear", action="store_true", help="time the CROWN family (benchmarks/linear_bounds.py)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.linear:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from linear_bounds import run
+
+        models = a.models.split(",") if a.models != "FFNN,ConvSmall,ConvBig" else ["ConvSmall", "ConvBig"]
+        run(a.file, models, a.eps, a.repeat, a.threads)
+        return
     domains = [d if d.endswith(")") else d + "()" for d in a.domains.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, eps={a.eps}, median of {a.repeat}")
     print(f"{'model':<10}{'batch':>6}{'analysis':>12}{'ms':>11}{'x forward':>11}")

@@ -189,15 +189,30 @@ def back_substitute(ops: TensorOps, value: LinearValue) -> tuple[T, T]:
     return lo, hi
 
 
+#: ops whose linear rules are exact affine maps (no relaxation)
+AFFINE_OPS = frozenset({"Linear", "Conv2d", "Normalize", "BatchNorm1d", "BatchNorm2d", "AvgPool2d",
+                        "AdaptiveAvgPool2d", "Flatten", "Reshape", "Add", "Concat", "Dropout"})
+
+
+def _affine_of_ball(value: LinearValue) -> bool:
+    """Whether ``value`` is an affine map of an L2-ball source: there back-substitution gives the
+    exact bounds (the dual-norm rule W·x₀ ± ε‖W_j‖₂ of crown_ibp.md §1.3), and its coefficients stay
+    shared by the batch, so CROWN-IBP uses it instead of the ball's bounding box."""
+    ancestors = _ancestors(value)
+    return (any(v.source is not None and v.source.center is not None for v in ancestors)
+            and all(v.source is not None or v.op in AFFINE_OPS for v in ancestors))
+
+
 def interval(ops: TensorOps, value: LinearValue, force: bool = False) -> tuple[T, T]:
-    """The intermediate bounds of ``value`` as its analysis defines them: IBP's box (CROWN-IBP),
-    or back-substitution (intersected with IBP's box unless the analysis says otherwise). ``force``
+    """The intermediate bounds of ``value`` as its analysis defines them: IBP's box (CROWN-IBP;
+    back-substitution for affine maps of an L2 ball), or back-substitution (intersected with IBP's
+    box unless the analysis says otherwise). ``force``
     back-substitutes even under CROWN-IBP (at outputs and Concretize). Cached on the value, whose
     box is tightened to the result."""
     if value.interval is not None:
         return value.interval
     a = value.analysis
-    if a.intermediate == "ibp" and not force:
+    if a.intermediate == "ibp" and not force and not _affine_of_ball(value):
         return value.box.lower(ops), value.box.upper(ops)
     if a.proj and not force and a.proj < math.prod(value.shape):
         from absnet.backends.torch.projection import projected_interval

@@ -17,7 +17,6 @@ from absnet.ir.graph import IRGraph
 from absnet.passes.infer_domains import InferDomains
 from absnet.passes.infer_shapes import InferShapes
 
-
 #: the analyses every network must support (checked at compile time)
 CHECKED = tuple(a for a in ANALYSES.values() if a.kind != "linear")
 

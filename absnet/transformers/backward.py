@@ -19,6 +19,7 @@ rule: its loss is defined on zonotopes (E401 names the fix).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -65,6 +66,25 @@ def sum_rest(ops: TensorOps, t: T) -> T:
     return ops.sum(t, list(range(2, rank))) if rank > 2 else t
 
 
+def dot_rest(ops: TensorOps, lam: T, t: T) -> T:
+    """Σ over every axis after (B, S) of Λ ⊙ t for a per-example t (N, *s): one batched matmul
+    instead of a product and a sum."""
+    n = math.prod(ops.shape(lam)[2:])
+    flat = ops.reshape(lam, (ops.shape(lam)[0], -1, n))
+    return ops.reshape(ops.matmul(flat, ops.reshape(t, (-1, n, 1))), (-1, ops.shape(lam)[1]))
+
+
+def bias_dot(ops: TensorOps, lam: T, b: T, shape: Sequence[int]) -> T:
+    """Σ over every axis after (B, S) of Λ ⊙ b for a constant b of per-channel shape (C,) that
+    broadcasts as (C, 1, …) against the value shape: spatial sums first, then one matmul."""
+    rank = len(shape)
+    t = lam if rank == 1 else ops.sum(lam, list(range(3, rank + 2)))
+    c = ops.shape(b)[0] if ops.shape(b) else 1
+    if c == 1 and shape[0] != 1:
+        return ops.mul(ops.sum(t, [2]), ops.reshape(b, (1,)))
+    return ops.matmul(t, ops.reshape(b, (c,)))
+
+
 def _rows(ops: TensorOps, lam: T) -> int:
     return ops.shape(lam)[1]
 
@@ -72,8 +92,12 @@ def _rows(ops: TensorOps, lam: T) -> int:
 def _elementwise(ctx: RuleContext, x: LinearValue, scale: T, shift: T | None) -> LinearValue:
     ops = ctx.ops
 
+    shape = tuple(ctx.in_shapes[0])
+
     def back(ops_: TensorOps, lam: T, bw: Backward) -> tuple[list[T | None], T | None]:
-        return [ops.mul(lam, scale)], None if shift is None else sum_rest(ops, ops.mul(lam, shift))
+        # shift is (k, 1, …, 1) with k = 1 or the channel count (Normalize, BatchNorm)
+        c = None if shift is None else bias_dot(ops, lam, ops.reshape(shift, (-1,)), shape)
+        return [ops.mul(lam, scale)], c
 
     c, r = x.box.center, x.box.radius
     box = Box(ops.add(ops.mul(c, scale), shift) if shift is not None else ops.mul(c, scale),
@@ -100,7 +124,7 @@ def linear_linear(ctx: RuleContext, x: LinearValue) -> LinearValue:
     ops, w, b = ctx.ops, ctx.params["weight"], ctx.params.get("bias")
 
     def back(ops_: TensorOps, lam: T, bw: Backward) -> tuple[list[T | None], T | None]:
-        return [ops.matmul(lam, w)], None if b is None else sum_rest(ops, ops.mul(lam, b))
+        return [ops.matmul(lam, w)], None if b is None else ops.matmul(lam, b)
 
     return derive(ctx, [x], back)
 
@@ -122,7 +146,7 @@ def conv2d_linear(ctx: RuleContext, x: LinearValue) -> LinearValue:
         s = _rows(ops, lam)
         flat = ops.reshape(lam, (-1, *out_shape))
         t = ops.conv_transpose(flat, w, a["stride"], a["padding"], extra, a["dilation"], a["groups"])
-        c = None if b is None else sum_rest(ops, ops.mul(lam, ops.reshape(b, (-1, 1, 1))))
+        c = None if b is None else bias_dot(ops, lam, b, out_shape)
         return [ops.reshape(t, (-1, s, *in_shape))], c
 
     return derive(ctx, [x], back)

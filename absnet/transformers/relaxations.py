@@ -27,7 +27,7 @@ from typing import Any
 from absnet.domains.box import Box
 from absnet.domains.linear import Backward, LinearValue, interval
 from absnet.transformers.activations import _dsigmoid, _dtanh, elu, sigmoid, softplus, tanh
-from absnet.transformers.backward import derive, sum_rest
+from absnet.transformers.backward import derive, dot_rest, sum_rest
 from absnet.transformers.registry import RuleContext, lookup, transformer
 from absnet.transformers.tensor_ops import TensorOps
 
@@ -92,7 +92,7 @@ def relu_linear(ctx: RuleContext, x: LinearValue) -> LinearValue:
     ops = ctx.ops
     lo, hi = interval(ops, x)
     a_lo, a_up, b_up, unstable = relu_lines(ops, lo, hi, x.analysis.slope)
-    al, au, bu, un = (_expand(ops, t) for t in (a_lo, a_up, b_up, unstable))
+    al, au, un = (_expand(ops, t) for t in (a_lo, a_up, unstable))
     node = ctx.node.id
 
     def back(ops_: TensorOps, lam: T, bw: Backward) -> tuple[list[T | None], T | None]:
@@ -102,13 +102,12 @@ def relu_linear(ctx: RuleContext, x: LinearValue) -> LinearValue:
         if bw.alpha is not None and node in bw.alpha:
             alpha = ops.minimum(ops.maximum(bw.alpha[node], _c(ops, 0.0, lam)), _c(ops, 1.0, lam))
             lower = ops.where(un, alpha, al)
-        pos = ops.relu(lam)
-        neg = ops.sub(lam, pos)
+        neg = ops.minimum(lam, _c(ops, 0.0, lam))
         if lower is au:
             new = ops.mul(lam, au)
         else:
-            new = ops.add(ops.mul(pos, lower), ops.mul(neg, au))
-        return [new], sum_rest(ops, ops.mul(neg, bu))
+            new = ops.mul(lam, ops.where(ops.greater(lam, _c(ops, 0.0, lam)), lower, au))
+        return [new], dot_rest(ops, neg, b_up)
 
     box = Box.from_bounds(ops, ops.relu(lo), ops.relu(hi))
     return derive(ctx, [x], back, box)
