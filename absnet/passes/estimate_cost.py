@@ -7,6 +7,9 @@ Rules (mirroring the transformers' static generator bookkeeping):
   CorrMaxPool2D/3D add one per window; Concretize drops all; DecorrMin/DecorrRand keep k - n
   (or n with num_to_keep).
 - Add/Concat keep the union of their inputs' generator groups.
+- linear analyses (CROWN family) have no generators: a value holds its interval box (2 per element)
+  and, during the output's back-substitution, coefficients for 2·outputs objective rows per element;
+  intermediate back-substitutions are chunked to a fixed budget (ABSNET_CROWN_CHUNK_MIB), not counted.
 Sets ``meta["generators"]`` and ``meta["bytes_per_example"]``; :func:`estimate` sums a report and
 warns (does not fail) when one batch would exceed a memory budget.
 """
@@ -49,6 +52,7 @@ class EstimateCost(Pass):
 
     def run(self, graph: IRGraph) -> PassResult:
         blocks: dict[str, dict[str, int]] = {}
+        rows = 2 * math.prod(graph.output.meta["shape"])
         for node in graph.nodes():
             n = math.prod(node.meta["shape"])
             b = self._blocks(node, n, [blocks[i] for i in node.inputs], graph)
@@ -56,6 +60,8 @@ class EstimateCost(Pass):
             k = sum(b.values())
             node.meta["generators"] = k
             abstract = self.analysis.kind != "point"
+            if self.analysis.kind == "linear":
+                k = 1 + rows  # the box, then one coefficient per objective row
             node.meta["bytes_per_example"] = n * (1 + k + (1 if abstract else 0)) * self.dtype_bytes
         return PassResult(graph, False)
 
@@ -63,7 +69,7 @@ class EstimateCost(Pass):
         a = self.analysis
         if node.op == "Input":
             return {"input": n} if a.kind == "zonotope" else {}
-        if a.kind == "point":
+        if a.kind in ("point", "linear"):
             return {}
         merged: dict[str, int] = {}
         for b in ins:
