@@ -100,7 +100,8 @@ class LinearValue:
 # --------------------------------------------------------------------------- back-substitution
 
 
-def _ancestors(value: LinearValue) -> list[LinearValue]:
+def ancestors(value: LinearValue) -> list[LinearValue]:
+    """Every value ``value`` depends on (itself included), latest first: a reverse topological order."""
     seen: dict[int, LinearValue] = {}
     stack = [value]
     while stack:
@@ -117,7 +118,7 @@ def lower_bound(ops: TensorOps, value: LinearValue, spec: T, bw: Backward | None
     bw = bw or Backward()
     lams: dict[int, T] = {id(value): spec}
     total: T | None = None
-    for v in _ancestors(value):
+    for v in ancestors(value):
         lam = lams.pop(id(v), None)
         if lam is None:
             continue
@@ -153,7 +154,8 @@ def concretize(ops: TensorOps, lam: T, s: InputSet) -> T:
                                         (-1, ops.shape(flat)[1])))
     if s.center is None:
         return box
-    norm = ops.sqrt(ops.sum(ops.mul(flat, flat), [2]))
+    # the floor keeps the gradient finite where a row is all zero (behind dead ReLUs); it only lowers the bound
+    norm = ops.sqrt(ops.maximum(ops.sum(ops.mul(flat, flat), [2]), ops.constant(1e-30, lam)))
     ball = ops.sub(dot(s.center), ops.mul(norm, ops.reshape(s.eps, (-1, 1))))
     return ops.maximum(box, ball)
 
@@ -169,7 +171,7 @@ def _chunk_rows(ops: TensorOps, value: LinearValue, rows: int) -> int:
     (ABSNET_CROWN_CHUNK_MIB, default 512 MiB of float32)."""
     budget = float(os.environ.get("ABSNET_CROWN_CHUNK_MIB", "512")) * 2**20 / 4
     batch = max(ops.shape(value.box.center)[0], 1)
-    widest = max(math.prod(v.shape) for v in _ancestors(value))
+    widest = max(math.prod(v.shape) for v in ancestors(value))
     return max(1, min(rows, int(budget // (batch * widest))))
 
 
@@ -198,9 +200,9 @@ def _affine_of_ball(value: LinearValue) -> bool:
     """Whether ``value`` is an affine map of an L2-ball source: there back-substitution gives the
     exact bounds (the dual-norm rule W·x₀ ± ε‖W_j‖₂ of crown_ibp.md §1.3), and its coefficients stay
     shared by the batch, so CROWN-IBP uses it instead of the ball's bounding box."""
-    ancestors = _ancestors(value)
-    return (any(v.source is not None and v.source.center is not None for v in ancestors)
-            and all(v.source is not None or v.op in AFFINE_OPS for v in ancestors))
+    values = ancestors(value)
+    return (any(v.source is not None and v.source.center is not None for v in values)
+            and all(v.source is not None or v.op in AFFINE_OPS for v in values))
 
 
 def interval(ops: TensorOps, value: LinearValue, force: bool = False) -> tuple[T, T]:
