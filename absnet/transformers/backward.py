@@ -89,15 +89,18 @@ def _rows(ops: TensorOps, lam: T) -> int:
     return ops.shape(lam)[1]
 
 
-def _elementwise(ctx: RuleContext, x: LinearValue, scale: T, shift: T | None) -> LinearValue:
+def _elementwise(ctx: RuleContext, x: LinearValue, scale: T, shift: T | None,
+                 per_example: bool = False) -> LinearValue:
+    """x·scale + shift; ``scale`` is per example (N, *s) with ``per_example`` (Dropout's mask),
+    else a constant that broadcasts against one example."""
     ops = ctx.ops
-
     shape = tuple(ctx.in_shapes[0])
+    lam_scale = ops.reshape(scale, (-1, 1, *shape)) if per_example else scale
 
     def back(ops_: TensorOps, lam: T, bw: Backward) -> tuple[list[T | None], T | None]:
         # shift is (k, 1, …, 1) with k = 1 or the channel count (Normalize, BatchNorm)
         c = None if shift is None else bias_dot(ops, lam, ops.reshape(shift, (-1,)), shape)
-        return [ops.mul(lam, scale)], c
+        return [ops.mul(lam, lam_scale)], c
 
     c, r = x.box.center, x.box.radius
     box = Box(ops.add(ops.mul(c, scale), shift) if shift is not None else ops.mul(c, scale),
@@ -228,7 +231,7 @@ def dropout_linear(ctx: RuleContext, x: LinearValue) -> LinearValue:
     """Training: multiplication by a fixed random non-negative mask, Λ_in = Λ ⊙ mask (exact);
     eval: identity."""
     mask = dropout_mask(ctx, x.box.center)
-    return x if mask is None else _elementwise(ctx, x, mask, None)
+    return x if mask is None else _elementwise(ctx, x, mask, None, per_example=True)
 
 
 @transformer("Identity", "linear")

@@ -24,10 +24,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from absnet.domains.box import Box
 from absnet.domains.linear import Backward, LinearValue, interval
 from absnet.transformers.activations import _dsigmoid, _dtanh, elu, sigmoid, softplus, tanh
 from absnet.transformers.backward import derive, dot_rest, sum_rest
+from absnet.transformers.pooling import NEG_INF, _max_all, _stride, _windows
 from absnet.transformers.registry import RuleContext, lookup, transformer
 from absnet.transformers.tensor_ops import TensorOps
 
@@ -73,9 +76,10 @@ def relu_lines(ops: TensorOps, lo: T, hi: T, slope: str) -> tuple[T, T, T, T]:
     zero = ops.zeros_like(lo)
     one = ops.add(zero, _c(ops, 1.0, lo))
     lm, up = ops.minimum(lo, zero), ops.maximum(hi, zero)
-    a_up = ops.div(up, ops.maximum(ops.sub(up, lm), _c(ops, TINY, lo)))
-    b_up = ops.neg(ops.mul(lm, a_up))
     unstable = ops.greater(ops.minimum(ops.neg(lo), hi), zero)
+    chord = ops.div(up, ops.maximum(ops.sub(up, lm), _c(ops, TINY, lo)))
+    a_up = ops.where(unstable, chord, ops.where(ops.greater(hi, zero), one, zero))  # stable: exact
+    b_up = ops.neg(ops.mul(lm, a_up))
     if slope == "same_slope":
         a_lo = a_up
     else:
@@ -93,20 +97,21 @@ def relu_linear(ctx: RuleContext, x: LinearValue) -> LinearValue:
     lo, hi = interval(ops, x)
     a_lo, a_up, b_up, unstable = relu_lines(ops, lo, hi, x.analysis.slope)
     al, au, un = (_expand(ops, t) for t in (a_lo, a_up, unstable))
+    same = x.analysis.slope == "same_slope"
     node = ctx.node.id
 
     def back(ops_: TensorOps, lam: T, bw: Backward) -> tuple[list[T | None], T | None]:
         if bw.collect is not None:
             bw.collect[node] = (a_lo, unstable)
-        lower = al
+        lower = au if same else al
         if bw.alpha is not None and node in bw.alpha:
             alpha = ops.minimum(ops.maximum(bw.alpha[node], _c(ops, 0.0, lam)), _c(ops, 1.0, lam))
             lower = ops.where(un, alpha, al)
         neg = ops.minimum(lam, _c(ops, 0.0, lam))
-        if lower is au:
+        if lower is au:  # same slope above and below: one product
             new = ops.mul(lam, au)
-        else:
-            new = ops.mul(lam, ops.where(ops.greater(lam, _c(ops, 0.0, lam)), lower, au))
+        else:  # Λ⁺·a_L + Λ⁻·a_U = Λ·a_L + Λ⁻·(a_U − a_L): no select over the objective rows
+            new = ops.add(ops.mul(lam, lower), ops.mul(neg, ops.sub(au, lower)))
         return [new], dot_rest(ops, neg, b_up)
 
     box = Box.from_bounds(ops, ops.relu(lo), ops.relu(hi))
@@ -166,7 +171,8 @@ def sigmoid_linear(ctx: RuleContext, x: LinearValue) -> LinearValue:
 
     def points(a: T) -> list[T]:
         a = ops.minimum(ops.maximum(a, _c(ops, TINY, a)), _c(ops, 0.25, a))
-        root = ops.sqrt(ops.maximum(ops.sub(_c(ops, 1.0, a), ops.mul(a, _c(ops, 4.0, a))), ops.zeros_like(a)))
+        # the floor keeps the gradient finite at a = 1/4 (the tangent at 0)
+        root = ops.sqrt(ops.maximum(ops.sub(_c(ops, 1.0, a), ops.mul(a, _c(ops, 4.0, a))), _c(ops, 1e-30, a)))
         half = _c(ops, 0.5, a)
         return [_logit(ops, ops.mul(ops.add(_c(ops, 1.0, a), root), half)),
                 _logit(ops, ops.mul(ops.sub(_c(ops, 1.0, a), root), half))]
@@ -181,7 +187,7 @@ def tanh_linear(ctx: RuleContext, x: LinearValue) -> LinearValue:
 
     def points(a: T) -> list[T]:
         a = ops.minimum(ops.maximum(a, _c(ops, TINY, a)), _c(ops, 1.0, a))
-        t = ops.sqrt(ops.sub(_c(ops, 1.0, a), a))
+        t = ops.sqrt(ops.maximum(ops.sub(_c(ops, 1.0, a), a), _c(ops, 1e-30, a)))  # finite gradient at a = 1
         one = _c(ops, 1.0, a)
         p = ops.mul(ops.log(ops.div(ops.add(one, t), ops.sub(one, t))), _c(ops, 0.5, a))
         return [p, ops.neg(p)]
@@ -195,7 +201,8 @@ def softplus_linear(ctx: RuleContext, x: LinearValue) -> LinearValue:
     ops = ctx.ops
 
     def points(a: T) -> list[T]:
-        return [_logit(ops, ops.minimum(ops.maximum(a, _c(ops, TINY, a)), _c(ops, 1.0 - 1e-7, a)))]
+        # a steep tangent (l ≫ 0) has its stationary point far right: clip a only at 1 − 1e-15
+        return [_logit(ops, ops.minimum(ops.maximum(a, _c(ops, TINY, a)), _c(ops, 1.0 - 1e-15, a)))]
 
     return _smooth(ctx, x, lambda t: softplus(ops, t), lambda t: sigmoid(ops, t), points, "convex")
 
@@ -249,3 +256,84 @@ def leakyrelu_linear(ctx: RuleContext, x: LinearValue) -> LinearValue:
     b_lo = _intercepts(ops, f, lo, hi, a_lo, [zero], lowest=True)
     b_up = _intercepts(ops, f, lo, hi, a_up, [zero], lowest=False)
     return _lines_back(ctx, x, a_lo, b_lo, a_up, b_up, _box_of(ctx, lo, hi))
+
+
+# --------------------------------------------------------------------------- MaxPool2d
+
+# (imports of this section; they belong with the others at the top of the module)
+
+
+
+def _maxpool_selection(ops: TensorOps, lows: list[T], ups: list[T]) -> tuple[list[T], T]:
+    """Per kernel offset p the float mask [j* = p] (j*: the first element with the largest lower
+    bound) and the boolean mask of decided windows (l_{j*} ≥ u_i for every other i). Padding holds
+    −∞ lower and upper bounds, so it is never selected and never blocks a decision."""
+    n = len(lows)
+    one = ops.add(ops.zeros_like(lows[0]), _c(ops, 1.0, lows[0]))
+    zero = ops.zeros_like(lows[0])
+    pre_l: list[T | None] = [None] * n  # max_{q<p} l_q
+    pre_u: list[T | None] = [None] * n  # max_{q<p} u_q
+    for p in range(1, n):
+        pre_l[p] = lows[0] if p == 1 else ops.maximum(pre_l[p - 1], lows[p - 1])
+        pre_u[p] = ups[0] if p == 1 else ops.maximum(pre_u[p - 1], ups[p - 1])
+    suf_l: list[T | None] = [None] * n  # max_{q>p} l_q
+    suf_u: list[T | None] = [None] * n  # max_{q>p} u_q
+    for p in range(n - 2, -1, -1):
+        suf_l[p] = lows[n - 1] if p == n - 2 else ops.maximum(suf_l[p + 1], lows[p + 1])
+        suf_u[p] = ups[n - 1] if p == n - 2 else ops.maximum(suf_u[p + 1], ups[p + 1])
+    masks, decided = [], zero
+    for p in range(n):
+        m = one
+        if suf_l[p] is not None:  # a later element with a strictly larger lower bound wins
+            m = ops.where(ops.greater(suf_l[p], lows[p]), zero, m)
+        if pre_l[p] is not None:  # an earlier element with an equal or larger one wins (ties: first)
+            m = ops.where(ops.greater(lows[p], pre_l[p]), m, zero)
+        masks.append(m)
+        pu, su = pre_u[p], suf_u[p]
+        others = su if pu is None else pu if su is None else ops.maximum(pu, su)
+        dec = m if others is None else ops.where(ops.greater(others, lows[p]), zero, m)
+        decided = ops.add(decided, dec)
+    return masks, ops.greater(decided, _c(ops, 0.5, decided))
+
+
+@transformer("MaxPool2d", "linear")
+def maxpool2d_linear(ctx: RuleContext, x: LinearValue) -> LinearValue:
+    """DeepPoly's max relaxation per window (Singh et al., POPL 2019): with j* the element of
+    largest lower bound, y ≥ x_{j*} (the max is at least any element), and y ≤ x_{j*} where
+    l_{j*} ≥ u_i for every other i (then x_{j*} ≥ x_i everywhere, so y = x_{j*} exactly), else the
+    constant y ≤ max_i u_i (every element is at most its upper bound). Backward: Λ⁺ goes to x_{j*},
+    Λ⁻ to x_{j*} on decided windows and otherwise adds Λ⁻·max u; the routing is one depthwise
+    conv_transpose of the k² masked maps with one-hot kernels, the adjoint of the k² window
+    selections (overlaps add, padding is cropped and never selected). The box: the box rule on [l, u].
+    """
+    ops, a = ctx.ops, ctx.attrs
+    in_shape, out_shape = tuple(ctx.in_shapes[0]), tuple(ctx.out_shape)
+    ch, oh, ow = out_shape
+    (kh, kw), stride, pad = a["kernel_size"], _stride(a), a["padding"]
+    k = kh * kw
+    lo, hi = interval(ops, x)
+    lows = _windows(ops, lo, a, NEG_INF)
+    ups = _windows(ops, hi, a, NEG_INF)
+    masks, decided = _maxpool_selection(ops, lows, ups)
+    # (N, 1, C, k, oh, ow): the masks stacked channel-major, as the grouped kernel below expects
+    stacked = ops.reshape(ops.concat([ops.reshape(m, (-1, ch, 1, oh, ow)) for m in masks], 2),
+                          (-1, 1, ch, k, oh, ow))
+    dec = ops.reshape(decided, (-1, 1, ch, oh, ow))
+    free = ops.where(decided, ops.zeros_like(masks[0]), _max_all(ops, ups))  # the constant upper line's max u
+    onehot = np.zeros((ch * k, 1, kh, kw))
+    for p in range(k):
+        onehot[p::k, 0, p // kw, p % kw] = 1.0
+    w = ops.constant(onehot, lo)
+    extra = [in_shape[1 + i] - ((out_shape[1 + i] - 1) * stride[i] - 2 * pad[i] + kk)
+             for i, kk in enumerate((kh, kw))]
+
+    def back(ops_: TensorOps, lam: T, bw: Backward) -> tuple[list[T | None], T | None]:
+        s = ops.shape(lam)[1]
+        pos = ops.relu(lam)
+        neg = ops.sub(lam, pos)
+        routed = ops.where(dec, lam, pos)  # (N, S, C, oh, ow)
+        per_offset = ops.mul(ops.reshape(routed, (-1, s, ch, 1, oh, ow)), stacked)
+        t = ops.conv_transpose(ops.reshape(per_offset, (-1, ch * k, oh, ow)), w, stride, pad, extra, (1, 1), ch)
+        return [ops.reshape(t, (-1, s, *in_shape))], dot_rest(ops, neg, free)
+
+    return derive(ctx, [x], back, _box_of(ctx, lo, hi))

@@ -1,5 +1,6 @@
 """Shared machinery for the rule tests: the per-op sample table, abstract inputs, sampling inside
-them, and running a rule through a RuleContext. Everything is float64."""
+them, and running a rule through a RuleContext. Everything is float64. (The linear domain's inputs
+and checks are in test_linear_rules.py; here a linear value only needs its bounds.)"""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from absnet.backends.torch.ops import TorchOps
 from absnet.domains.box import Box
+from absnet.domains.linear import LinearValue, bounds, lower_bound
 from absnet.domains.zonotope import Zonotope
 from absnet.ir.domains import ANALYSES, Analysis
 from absnet.ir.graph import Node, freeze
@@ -75,6 +77,7 @@ CASES: tuple[Case, ...] = (
     c("CorrFix", (2, 3, 3), k=4),
     c("DecorrRand", (6,), num_decorrelate=2),
     c("DecorrMin", (6,), num_decorrelate=2),
+    c("ToLinear", (6,)),
     c("DeepLoss", (6,)),
     c("IdentLoss", (6,)),
     # extra configurations
@@ -94,13 +97,18 @@ CASES: tuple[Case, ...] = (
     c("DecorrMin", (6,), tag="keep2", num_decorrelate=2, num_to_keep=True),
     c("DecorrMin", (6,), tag="keepall", num_decorrelate=9, num_to_keep=True),
     c("DecorrMin", (6,), tag="dropall", num_decorrelate=9),
+    c("ToLinear", (2, 3, 3), tag="ibp", slope="zero_lb", intermediate="ibp"),
 )
 
 #: ops of the catalog without a rule, each with the reason
 GAPS = {"Input": "the interpreter encodes the input region (transformers/margins.py); it has no rule"}
+#: ops of the catalog without a rule for one domain kind only, each with the reason
+DOMAIN_GAPS = {
+    ("DeepLoss", "linear"): "its regulariser is defined on zonotopes (E401 asks for a zonotope analysis there)",
+}
 
 EXACT_DIRECTIVES = ("ToZono", "CorrelateAll", "ToHZono", "CorrRand", "CorrMaxK", "CorrMaxPool2D",
-                    "CorrMaxPool3D", "CorrFix", "DeepLoss", "IdentLoss")
+                    "CorrMaxPool3D", "CorrFix", "DeepLoss", "IdentLoss", "ToLinear")
 
 
 def make_attrs(op: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +118,7 @@ def make_attrs(op: str, given: dict[str, Any]) -> dict[str, Any]:
     for a in spec.attrs:
         v = given.pop(a.name, a.default)
         assert v is not REQUIRED, f"{op}: attribute {a.name} is required"
-        out[a.name] = a.coerce(v)
+        out[a.name] = None if v is None else a.coerce(v)  # None: "not given" (ToLinear's slope)
     assert not given, given
     return out
 
@@ -165,6 +173,8 @@ def analysis_for(domain: str, pure: bool = False, relu: str = "Boxy") -> Analysi
         return replace(ANALYSES["Box"], relu=relu)
     if domain == "point":
         return ANALYSES["Point"]
+    if domain == "linear":
+        return ANALYSES["CROWN"]
     return replace(ANALYSES["HBox"], pure=pure, relu=relu)
 
 
@@ -250,6 +260,8 @@ def make_inputs(domain: str, shapes: Sequence[Shape], flavor: str, relu: str,
 
 
 def bounds_of(ops: TorchOps, v: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(v, LinearValue):
+        return bounds(ops, v)
     if isinstance(v, Box | Zonotope):
         return v.lower(ops), v.upper(ops)
     return v, v
@@ -257,7 +269,11 @@ def bounds_of(ops: TorchOps, v: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def projected_bounds(v: Any, proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds of flat(v) @ proj computed here (independently of the library): generators map
-    exactly, box radii through |proj|."""
+    exactly, box radii through |proj|; a linear value by back-substitution of the rows ±projᵀ."""
+    if isinstance(v, LinearValue):
+        spec = torch.cat([proj.T, -proj.T]).reshape(1, 2 * proj.shape[1], *v.shape)
+        lb = lower_bound(TorchOps(), v, spec)
+        return lb[:, : proj.shape[1]], -lb[:, proj.shape[1]:]
     if isinstance(v, Box):
         c, rad = v.center.flatten(1) @ proj, v.radius.flatten(1) @ proj.abs()
         return c - rad, c + rad

@@ -31,6 +31,7 @@ from _rule_harness import (
 )
 
 from absnet.domains.box import Box
+from absnet.domains.linear import LinearValue
 from absnet.domains.zonotope import Zonotope
 from absnet.ir.ops import CATALOG
 from absnet.transformers.registry import RULES, load_rules
@@ -82,7 +83,7 @@ def _check(case: Case, domain: str, flavor: str, relu: str, training: bool) -> N
                    aux_losses=aux, set_buffer=buffers.__setitem__)
     out = run_rule(case.op, domain, ctx, *xs)
 
-    want = {"box": Box, "zonotope": Zonotope}[RULES[(case.op, domain)].out]
+    want = {"box": Box, "zonotope": Zonotope, "linear": LinearValue}[RULES[(case.op, domain)].out]
     assert isinstance(out, want), f"{case.op} on {domain} returned {type(out).__name__}"
     if isinstance(out, Zonotope):
         assert (out.gens is None) == (out.k == 0)
