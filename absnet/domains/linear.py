@@ -162,7 +162,9 @@ def concretize(ops: TensorOps, lam: T, s: InputSet) -> T:
 
 def _eye_rows(n: int, start: int, stop: int, like: T, ops: TensorOps) -> T:
     """Rows start..stop of [I; −I] (2n × n) as a constant."""
-    rows = np.concatenate([np.eye(n), -np.eye(n)])[start:stop]
+    r = np.arange(start, stop)
+    rows = np.zeros((stop - start, n), dtype=np.float32)
+    rows[np.arange(stop - start), r % n] = np.where(r < n, 1.0, -1.0)
     return ops.constant(rows, like)
 
 
@@ -205,6 +207,22 @@ def _affine_of_ball(value: LinearValue) -> bool:
             and all(v.source is not None or v.op in AFFINE_OPS for v in values))
 
 
+#: affine ops that mix elements (the others are elementwise or reshape)
+MIXING_OPS = frozenset({"Linear", "Conv2d", "AvgPool2d", "AdaptiveAvgPool2d"})
+
+
+def _one_affine_map_of_box(value: LinearValue) -> bool:
+    """Whether ``value`` is a single chain of affine ops over a box source with at most one op that
+    mixes elements: interval arithmetic is then exact (each output is Σ w_j x_j + c over a box,
+    whose range is c ± Σ |w_j| r_j), so back-substitution cannot improve on IBP."""
+    values = ancestors(value)
+    if any(len(v.inputs) > 1 or (v.source is None and v.op not in AFFINE_OPS) for v in values):
+        return False
+    if any(v.source is not None and v.source.center is not None for v in values):
+        return False
+    return sum(v.op in MIXING_OPS for v in values) <= 1
+
+
 def interval(ops: TensorOps, value: LinearValue, force: bool = False) -> tuple[T, T]:
     """The intermediate bounds of ``value`` as its analysis defines them: IBP's box (CROWN-IBP;
     back-substitution for affine maps of an L2 ball), or back-substitution (intersected with IBP's
@@ -216,6 +234,9 @@ def interval(ops: TensorOps, value: LinearValue, force: bool = False) -> tuple[T
     a = value.analysis
     if a.intermediate == "ibp" and not force and not _affine_of_ball(value):
         return value.box.lower(ops), value.box.upper(ops)
+    if _one_affine_map_of_box(value):  # IBP is exact there: skip the n-row back-substitution
+        value.interval = (value.box.lower(ops), value.box.upper(ops))
+        return value.interval
     if a.proj and not force and a.proj < math.prod(value.shape):
         from absnet.backends.torch.projection import projected_interval
 
