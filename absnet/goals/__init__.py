@@ -17,6 +17,8 @@ _EXPORTS = {
     "GoalContext": "base", "Term": "base", "Goal": "base",
     "GOALS": "catalog", "resolve_goal": "catalog", "parse_goal": "catalog", "check_test_goal": "catalog",
     "goal_loss": "loss", "test_outcome": "loss", "Outcome": "loss",
+    "LinearGoal": "linear", "CrownIbpGoal": "linear", "ibp_margin_lower": "linear",
+    "margin_cross_entropy": "linear",
     "Schedule": "schedules", "resolve_schedule": "schedules",
 }
 

@@ -2,11 +2,12 @@
 
 A goal is written as a call (``LinMix(a=IFGSM(k=2), b=Box(), bw=0.1)``) or a bare name (``HBox``
 means ``HBox()``). Arguments are typed: ``goal`` (another goal), ``schedule`` (a number or a
-schedule such as ``Lin(0, 1, 10)``), ``number``, ``int``, ``bool``; DList and DProb take positional
-``(goal, weight)`` pairs. Every problem is reported at once: E201 unknown goal (with did-you-mean;
-``Normal`` is a schedule, the goal is ``NormalPoint``), E202 unknown argument (``mu`` of PGD, ``r``
-of IFGSM), E204/E205/E208/E209 binding, E206 a wrong value — including a sub-goal that must give a
-point but cannot, or a region between two images that the sub-goal cannot build.
+schedule such as ``Lin(0, 1, 10)``), ``number``, ``int``, ``bool``, ``choice`` (one of a few
+strings); DList and DProb take positional ``(goal, weight)`` pairs. Every problem is reported at
+once: E201 unknown goal (with did-you-mean; ``Normal`` is a schedule, the goal is ``NormalPoint``),
+E202 unknown argument (``mu`` of PGD, ``r`` of IFGSM), E204/E205/E208/E209 binding, E206 a wrong
+value — including a sub-goal that must give a point but cannot, or a region between two images that
+the sub-goal cannot build. Linear-bound goals (``goals/linear.py``) take their analysis's arguments.
 
 >>> str(parse_goal("LinMix(a=IFGSM(k=2), b=Box(), bw=0.1)"))
 'LinMix(a=IFGSM(k=2), b=Box(), bw=0.1)'
@@ -25,6 +26,7 @@ from typing import Any
 from absnet.diagnostics import AbsnetError, Diagnostic, SourceMap, Span, did_you_mean
 from absnet.goals import attacks as A
 from absnet.goals import combinators as C
+from absnet.goals import linear as LG
 from absnet.goals import regions as R
 from absnet.goals.abstract import ABSTRACT_GOALS, AbstractGoal
 from absnet.goals.base import Goal, fmt_number
@@ -32,11 +34,12 @@ from absnet.goals.schedules import SCHEDULES, Const, Schedule, resolve_schedule
 from absnet.grammar import ast
 from absnet.grammar.evaluate import UNKNOWN, Slot, bind_args, describe, evaluate
 from absnet.grammar.parser import parse_expr
+from absnet.ir.ops import SLOPES
 
 
 @dataclass(frozen=True)
 class GParam:
-    """A goal argument. ``kind``: goal | schedule | number | int | bool. ``needs`` (goal kind):
+    """A goal argument. ``kind``: goal | schedule | number | int | bool | choice. ``needs`` (goal kind):
     ``point`` (the sub-goal must give a point) or ``between`` (it must build a region between two
     images). ``optional``: ``none`` is allowed. ``low``/``high``: the allowed range."""
 
@@ -49,6 +52,7 @@ class GParam:
     high: float | None = None
     strict: bool = False  # low is exclusive
     needs: str | None = None
+    choices: tuple[str, ...] = ()  # kind choice: the accepted strings
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,15 @@ _RESTART = GParam("restart", "int", None, optional=True, low=1)
 _SUB = GParam("sub", "schedule", required=True, low=0.0, high=1.0)
 _NO_MU = "PGD and IFGSM have no momentum (mu = 0): use MI_FGSM(mu=...) for a momentum attack"
 _NO_R = "IFGSM's step is w/k (r = 1): use PGD(r=...) to choose the step size"
+_SLOPE = GParam("slope", "choice", "adaptive", choices=SLOPES)
+_UNIT = {"low": 0.0, "high": 1.0}
+_FINAL = "beta and kappa are schedules over training time: CROWN-IBP's final-beta=0 over a 60-epoch ramp " \
+         "from epoch 1 is beta=Lin(1, 0, 60, 1)"
+
+
+def _linear(name: str, params: tuple[GParam, ...], doc: str, **fixed: str) -> GoalSpec:
+    return GoalSpec(name, (_W, *params), LG.linear_goal(name), doc + "; loss CE(-lb, y) on the margin lower bounds",
+                    fixed=fixed)
 
 
 def _abstract(name: str, doc: str) -> GoalSpec:
@@ -86,6 +99,17 @@ GOALS: dict[str, GoalSpec] = {
     s.name: s
     for s in (
         *(_abstract(n, f"the region analysed with {n} (HBox-family loss)") for n in ABSTRACT_GOALS),
+        _linear("CROWN", (_SLOPE,), "the region analysed with CROWN"),
+        _linear("CROWN_IBP", (GParam("beta", "schedule", 1.0, **_UNIT), GParam("kappa", "schedule", 0.0, **_UNIT),
+                              _SLOPE),
+                "CROWN-IBP: lb = beta*lb_CROWN-IBP + (1-beta)*lb_IBP, plus kappa*CE on the clean image",
+                final_beta=_FINAL, final_kappa=_FINAL),
+        _linear("DeepPoly", (), "the region analysed with DeepPoly"),
+        _linear("FastLin", (), "the region analysed with Fast-Lin"),
+        _linear("WongKolter", (GParam("proj", "int", 0, low=0),),
+                "the region analysed with the Wong-Kolter dual bound (proj=k: random projections, training only)"),
+        _linear("AlphaCROWN", (GParam("iters", "int", 20, low=1), GParam("lr", "number", 0.5, low=0.0, strict=True),
+                               _SLOPE), "the region analysed with alpha-CROWN"),
         GoalSpec("Point", (), lambda: R.PointGoal("Point"), "the clean image (cross-entropy)"),
         GoalSpec("PointA", (), lambda: R.PointGoal("PointA"), "the clean image; between(o1, o2) is o1"),
         GoalSpec("PointB", (), lambda: R.PointGoal("PointB"), "the clean image; between(o1, o2) is o2"),
@@ -195,8 +219,20 @@ def resolve_goal(expr: ast.Expr, env: Mapping[str, Any] | None = None, where: st
         raise AbsnetError(diags)
     if any(v is UNKNOWN for v in values.values()):
         return UNKNOWN
-    shown = [(n, values[n]) for n in bound]  # in the order the user wrote them
+    kinds = {p.name: p.kind for p in spec.params}
+    # in the order the user wrote them; strings quoted so str(goal) is valid DSL
+    shown = [(n, _Literal(describe(values[n])) if kinds[n] == "choice" else values[n]) for n in bound]
     return spec.build(**values).display(shown)
+
+
+@dataclass(frozen=True)
+class _Literal:
+    """An argument shown exactly as written (a quoted string)."""
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def _what(expr: ast.Expr) -> str:
@@ -269,6 +305,11 @@ def _arg_value(name: str, p: GParam, expr: ast.Expr, env: Mapping[str, Any], whe
         return v
     if v is None and p.optional:
         return None
+    if p.kind == "choice":
+        if v not in p.choices:
+            raise AbsnetError(Diagnostic("E206", f"{what} expects {_kind_text(p)}, got {describe(v)}", expr.span,
+                                         help=did_you_mean(str(v), p.choices) if isinstance(v, str) else None))
+        return v
     ok = (isinstance(v, bool) if p.kind == "bool" else
           isinstance(v, int) and not isinstance(v, bool) if p.kind == "int" else
           isinstance(v, int | float) and not isinstance(v, bool))
@@ -280,7 +321,8 @@ def _arg_value(name: str, p: GParam, expr: ast.Expr, env: Mapping[str, Any], whe
 
 
 def _kind_text(p: GParam) -> str:
-    text = {"bool": "true or false", "int": "an integer", "number": "a number"}.get(p.kind, p.kind)
+    text = {"bool": "true or false", "int": "an integer", "number": "a number",
+            "choice": "one of " + ", ".join(describe(c) for c in p.choices)}.get(p.kind, p.kind)
     if p.kind == "int" and p.low == 1:
         text = "a positive integer"
     return text + (" or none" if p.optional else "")
@@ -401,8 +443,13 @@ def check_test_goal(goal: Goal, span: Span | None = None) -> bool:
     """Check that ``goal`` can be a test goal: it must build exactly one value per example.
 
     Raises:
-        AbsnetError: E206 for combinators (DList, Mix, LinMix, DProb, Coin) and goals built from them.
+        AbsnetError: E206 for combinators (DList, Mix, LinMix, DProb, Coin) and goals built from them;
+            E403 for an analysis whose bounds are estimates (``WongKolter(proj=k)``).
     """
+    if goal.single and goal.analysis is not None and not goal.analysis.sound:
+        raise AbsnetError(Diagnostic(
+            "E403", f"{goal} estimates bounds with random projections: its test would not be a certificate", span,
+            help="test with WongKolter() (exact) or CROWN(); proj= is for training"))
     if goal.single:
         return True
     raise AbsnetError(Diagnostic(

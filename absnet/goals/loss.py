@@ -6,8 +6,9 @@ the weighted sum over terms is then blended with the DeepLoss regularisers met o
 position at a time in network order: L ← (1 − bw)·L + bw·Σ_{abstract terms} deep_loss.
 
 Testing: a single-valued goal's output is checked against the clean prediction (``proved``) and
-the label (``safe``): the correlation-aware margin test for abstract outputs, "argmax unchanged"
-for points (attacks).
+the label (``safe``): the correlation-aware margin test for abstract outputs (boxes, zonotopes and
+linear bounds; a linear-bound goal certifies with its own margin bounds, e.g. CROWN_IBP's β mix),
+"argmax unchanged" for points (attacks).
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ import torch
 
 from absnet.backends.torch.ops import TorchOps
 from absnet.domains import Box, Zonotope
+from absnet.domains.linear import LinearValue
 from absnet.goals.base import Goal, GoalContext, onehot, value_of
 from absnet.goals.catalog import check_test_goal
+from absnet.goals.linear import LinearGoal
 from absnet.goals.losses import diameter
-from absnet.transformers.margins import margin_lower
+from absnet.transformers.margins import bounds, margin_lower
+
+ABSTRACT_OUTPUTS = (Box, Zonotope, LinearValue)
 
 
 def goal_loss(goal: Goal, ctx: GoalContext, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -76,12 +81,23 @@ class Outcome:
     analysis: str  # the analysis that produced the certificate, or "attack" / "point"
 
 
-def certified(out: Any, labels: torch.Tensor) -> torch.Tensor:
-    """True where every margin lower bound z_l − z_j (j ≠ l) of the abstract output is > 0."""
-    center = out.center if isinstance(out, Box | Zonotope) else out
+def certified(out: Any, labels: torch.Tensor, goal: Goal | None = None, ctx: GoalContext | None = None) -> torch.Tensor:
+    """True where every margin lower bound z_l − z_j (j ≠ l) of the abstract output is > 0.
+
+    The bounds are computed inside the domain (a Box, Zonotope or LinearValue), or by ``goal``'s own
+    ``margins`` when it is a linear-bound goal (CROWN_IBP mixes two bounds)."""
+    center = out.center if isinstance(out, ABSTRACT_OUTPUTS) else out
     oh = onehot(labels, center)
-    m = margin_lower(TorchOps(), out, oh)
+    m = goal.margins(ctx, out, oh) if isinstance(goal, LinearGoal) else margin_lower(TorchOps(), out, oh)
     return m.masked_fill(oh.bool(), float("inf")).min(dim=1).values > 0
+
+
+def _width(out: Any) -> torch.Tensor:
+    """Per example, the sum of the output radii (linear values: of their back-substituted bounds)."""
+    if isinstance(out, LinearValue):
+        lo, hi = bounds(TorchOps(), out)
+        return ((hi - lo) / 2).flatten(1).sum(dim=1)
+    return diameter(TorchOps(), out)
 
 
 def test_outcome(goal: Goal, ctx: GoalContext, x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor) -> Outcome:
@@ -91,13 +107,17 @@ def test_outcome(goal: Goal, ctx: GoalContext, x: torch.Tensor, y: torch.Tensor,
         AbsnetError: E206 if ``goal`` combines several values (see ``check_test_goal``).
     """
     check_test_goal(goal)
-    with torch.no_grad():  # attacks switch gradients back on for themselves
-        (term,) = goal.terms(ctx, x, y)
+    with torch.no_grad():  # attacks (and α-CROWN's slopes) switch gradients back on for themselves
+        # a linear-bound goal's test is its region alone (CROWN_IBP's clean κ term is for training)
+        (term,) = [goal.region(ctx, x, y)] if isinstance(goal, LinearGoal) else goal.terms(ctx, x, y)
         out = ctx.net.propagate(term.value, term.analysis)
-    if isinstance(out, Box | Zonotope):
+    if isinstance(out, ABSTRACT_OUTPUTS):
         with torch.no_grad():
-            width = diameter(TorchOps(), out)
-            return Outcome(certified(out, pred), certified(out, y), width, term.analysis.name)
+            if isinstance(goal, LinearGoal):
+                name = goal.certificate(ctx)
+                width = goal.width(ctx, out)
+                return Outcome(certified(out, pred, goal, ctx), certified(out, y, goal, ctx), width, name)
+            return Outcome(certified(out, pred), certified(out, y), _width(out), term.analysis.name)
     top = out.argmax(dim=1)
     kind = "attack" if goal.uses_attack else "point"
     return Outcome(top == pred, top == y, torch.zeros(out.shape[0], dtype=out.dtype, device=out.device), kind)

@@ -19,7 +19,7 @@ TRAINING_DOC = ROOT / "docs" / "training.md"
 
 def test_there_are_specs() -> None:
     assert {p.name for p in SPECS} >= {"digits.absnet", "mnist_small.absnet", "diffai_readme.absnet",
-                                       "diffai_experiments.absnet", "modern.absnet"}
+                                       "diffai_experiments.absnet", "modern.absnet", "crown_ibp.absnet"}
 
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
