@@ -13,8 +13,9 @@ All are exact (Λ_in·x + c = Λ·op(x)). Inputs of Add/Concat that are not line
 analysed with boxes or zonotopes) start a segment of their own from their box hull.
 Directives: ``ToLinear`` turns a box (or a zonotope's box hull) into a source; ``Concretize``
 turns a linear value into the box of its back-substituted bounds; DiffAI's (de)correlation
-directives are identities (linear bounds keep every correlation already). ``DeepLoss`` has no linear
-rule: its loss is defined on zonotopes (E401 names the fix).
+directives are identities (linear bounds keep every correlation already). ``DeepLoss`` is the identity
+and records DiffAI's regulariser on the value's intermediate bounds (IBP's box under CROWN-IBP,
+back-substituted bounds under CROWN).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from absnet.domains.linear import Backward, InputSet, LinearValue, interval
 from absnet.domains.zonotope import Zonotope
 from absnet.ir.domains import ANALYSES, Analysis
 from absnet.transformers._zono import bounds as value_bounds
+from absnet.transformers._zono import deep_loss
 from absnet.transformers.affine import batchnorm_coeffs, dropout_mask, normalize_coeffs
 from absnet.transformers.pooling import _adaptive_matrix, _stride
 from absnet.transformers.registry import RuleContext, lookup, transformer
@@ -319,6 +321,15 @@ def directive_linear(ctx: RuleContext, x: LinearValue) -> LinearValue:
 for _name in ("ToZono", "CorrelateAll", "ToHZono", "CorrRand", "CorrMaxK", "CorrMaxPool2D", "CorrMaxPool3D",
               "CorrFix", "DecorrRand", "DecorrMin", "IdentLoss"):
     transformer(_name, "linear")(directive_linear)
+
+
+@transformer("DeepLoss", "linear")
+def deeploss_linear(ctx: RuleContext, x: LinearValue) -> LinearValue:
+    """Identity on the value; records (bw, deep_loss(l, u)) (diffai.md §1.7) on the value's intermediate
+    bounds as its analysis defines them (the bounds later ReLUs are relaxed with)."""
+    lo, hi = interval(ctx.ops, x)
+    ctx.aux_losses.append((ctx.attrs["bw"], deep_loss(ctx.ops, lo, hi)))
+    return x
 
 
 @transformer("Concretize", "linear", out="box")

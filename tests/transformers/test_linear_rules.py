@@ -36,6 +36,7 @@ from absnet.backends.torch.ops import TorchOps
 from absnet.domains.box import Box
 from absnet.domains.linear import Backward, InputSet, LinearValue, bounds, lower_bound
 from absnet.ir.domains import ANALYSES, Analysis
+from absnet.transformers._zono import deep_loss
 from absnet.transformers.registry import RULES, load_rules
 
 load_rules()
@@ -210,6 +211,11 @@ def test_linear_directives_keep_the_bounds(case: Case) -> None:
         torch.testing.assert_close(r["out"].upper(r["ops"]), hi)
     else:
         assert r["out"] is r["xs"][0], f"{case.id} on a linear value should be the identity"
+    if case.op == "DeepLoss":  # records DiffAI's regulariser on the back-substituted (CROWN) bounds
+        (bw, loss), = r["ctx"].aux_losses
+        lo, hi = bounds(r["ops"], r["xs"][0])
+        assert bw == case.attrs.get("bw", 0.01)
+        torch.testing.assert_close(loss, deep_loss(r["ops"], lo, hi))
 
 
 # --------------------------------------------------------------------------- exactness
