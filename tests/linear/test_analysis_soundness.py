@@ -39,14 +39,6 @@ REQUIRED_LAYERS = ("Add", "Concat", "Conv2d", "Flatten", "Linear", "ReLU", "Leak
                    "Softplus", "AvgPool2d", "MaxPool2d", "BatchNorm2d", "Normalize")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's thread pool costs more than it saves (and much more on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ------------------------------------------------------------------------------- the networks
 

@@ -49,14 +49,6 @@ NETS = {
 EPS = {"mlp": 0.2, "mlp_residual": 0.1, "cnn": 0.05}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: torch's thread pool costs more than it saves on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _net(name: str, seed: int = 0) -> absnet.AbstractNetwork:
     net = absnet.compile_source(NETS[name], seed=seed).double().eval()

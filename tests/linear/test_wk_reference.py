@@ -45,14 +45,6 @@ from wk_reference import (
 TOL = 1e-9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's thread pool costs more than it saves (and much more on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _problem(seed: int, sizes=(4, 8, 8, 3), batch: int = 3, eps: float = 0.3, lo: float = -1.0, hi: float = 1.0):
     g = torch.Generator().manual_seed(seed)

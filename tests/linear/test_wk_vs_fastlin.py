@@ -50,14 +50,6 @@ ANALYSES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's thread pool costs more than it saves (and much more on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _ref(analysis: str) -> dict[str, str]:
     lower_slope, ibp = ANALYSES[analysis]
