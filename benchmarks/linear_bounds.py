@@ -85,15 +85,19 @@ def per_example_table(file: str, models: list[str], batches: list[int], eps: flo
 
 
 _PEAK = """
-import json, resource, sys, torch, absnet
+import json, sys, torch, absnet
 torch.set_num_threads(int(sys.argv[4]))
+def hwm():  # VmHWM: this process's peak resident set (ru_maxrss would include the parent's, kept across exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
 net = absnet.compile_file(sys.argv[1], sys.argv[2], seed=0).eval()
 x = torch.rand((1, *net.input_shape)); y = torch.zeros(1, dtype=torch.long)
 net(x)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm()
 with torch.no_grad():
     net.margin_lower(x, y, float(sys.argv[3]), "CROWN()")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = hwm()
 print(json.dumps({"base_kib": base, "peak_kib": peak}))
 """
 
