@@ -43,3 +43,20 @@ def compile_file(
     except OSError as e:
         raise AbsnetError(Diagnostic("E604", f"cannot read {path}: {e.strerror}")) from None
     return compile_source(text, network, args=args, file=str(path), seed=seed)
+
+
+def export_onnx(
+    net: AbstractNetwork, path: str | Path | None = None, domain: str = "Box()", input_spec: str = "ball",
+    margins: bool = False, opset: int = 17, *, plan_batch: int = 1,
+) -> Any:
+    """The ONNX abstract analysis graph of ``net`` under ``domain`` (an ``onnx.ModelProto``; also
+    written to ``path`` when given). Contract, analyses and limits: docs/onnx.md.
+
+    >>> net = compile_source("network N { input [2]  Linear(2) }")
+    >>> [o.name for o in export_onnx(net, domain="CROWN()").graph.output]
+    ['lower', 'upper']
+    """
+    from absnet.backends.onnx.export import export_onnx as export
+
+    return export(net, path, domain=domain, input_spec=input_spec, margins=margins, opset=opset,
+                  plan_batch=plan_batch)

@@ -1,4 +1,4 @@
-"""The ``absc`` command line: check, show, ops, bounds, demo, train, test, verify, version.
+"""The ``absc`` command line: check, compile, show, ops, bounds, demo, train, test, verify, version.
 
 Exit codes: 0 ok, 1 the input has errors, 2 bad command line, 70 internal error.
 Results go to stdout, progress and diagnostics to stderr.
@@ -178,6 +178,113 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+COMPILE_TARGETS = ("onnx",)
+PLANNED_TARGETS = ("onnx-train", "export", "torchscript")
+
+
+def cmd_compile(a: argparse.Namespace) -> int:
+    """Compile a network to an analysis artifact (``--target onnx``: docs/onnx.md), smoke-test it, report it."""
+    import torch
+
+    import absnet
+    from absnet.backends.onnx.export import export_onnx, graph_stats
+
+    if a.target not in COMPILE_TARGETS:
+        later = " (planned)" if a.target in PLANNED_TARGETS else ""
+        print(f"absc compile: error: --target {a.target}{later} is not supported yet; supported targets: "
+              f"{', '.join(COMPILE_TARGETS)}", file=sys.stderr)
+        return 2
+    net = absnet.compile_file(a.file, a.network, args=_parse_args_kv(a.arg), seed=a.seed)
+    if a.checkpoint:
+        _load_weights(net, a.checkpoint)
+    net.eval()
+    analysis = net.analysis(a.domain)
+    out = Path(a.output or f"{net.name}.{analysis.name}.onnx")
+    model = export_onnx(net, out, domain=analysis, input_spec=a.input_spec, margins=a.margins, opset=a.opset,
+                        plan_batch=a.plan_batch)
+    with torch.no_grad():
+        smoke, diff = _smoke(net, model, analysis, a)
+    if diff is not None and diff > 1e-4:
+        print(f"absc compile: internal error: onnxruntime and the torch backend disagree on {out} (max relative "
+              f"difference {diff:.2g}); please report it with `absc version --full`", file=sys.stderr)
+        return 70
+    stats = graph_stats(model)
+    print(f"wrote {out}")
+    print(f"  network   {net.name} ({a.file}), analysis {analysis}, input spec {a.input_spec}")
+    print(f"  graph     {stats['nodes']:,} nodes, {stats['initializers']:,} initializers, {stats['bytes']:,} bytes, "
+          f"opset {a.opset}, batch axis N dynamic")
+    print(f"  inputs    {_io(model.graph.input)}")
+    print(f"  outputs   {_io(model.graph.output)}")
+    print(f"  smoke     {smoke}")
+    return 0
+
+
+def _io(values: Any) -> str:
+    from onnx import helper
+
+    def dims(v: Any) -> str:
+        return ", ".join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)
+
+    return ", ".join(f"{v.name} {helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)} [{dims(v)}]"
+                     for v in values)
+
+
+def _smoke(net: Any, model: Any, analysis: Any, a: argparse.Namespace) -> tuple[str, float | None]:
+    """Run the graph in onnxruntime on 2 random inputs; the max relative difference to the torch backend
+    (None when the graph draws random numbers: then the two cannot agree)."""
+    import numpy as np
+    import torch
+
+    from absnet.backends.onnx.export import run_onnx
+
+    g = torch.Generator().manual_seed(a.seed)
+    lo, hi = net.input_range
+    x = lo + (hi - lo) * torch.rand((2, *net.input_shape), generator=g)
+    if analysis.kind == "point":
+        got, want = run_onnx(model, input=x), {"output": net(x)}
+    elif a.input_spec == "box":
+        got = run_onnx(model, input_lower=x - a.eps, input_upper=x + a.eps)
+        want = dict(zip(("lower", "upper"), net.bounds_box(x - a.eps, x + a.eps, analysis), strict=True))
+    else:
+        feeds: dict[str, Any] = {"input": x, "epsilon": a.eps}
+        want = dict(zip(("lower", "upper"), net.bounds(x, a.eps, analysis), strict=True))
+        if a.margins:
+            y = net(x).argmax(1)
+            feeds["label"] = y
+            want["margin_lower"] = net.margin_lower(x, y, a.eps, analysis)
+        got = run_onnx(model, **feeds)
+    what = f"onnxruntime ran a random batch of 2 (eps {a.eps})"
+    if any(n.op_type == "RandomUniformLike" for n in model.graph.node):
+        return f"{what}; not compared: the graph draws random numbers (randomised directives)", None
+    diff = max(float(np.max(np.abs(got[k] - w.numpy()) / np.maximum(1.0, np.abs(w.numpy())))) for k, w in want.items())
+    return f"{what}: max relative difference to the torch backend {diff:.1e}", diff
+
+
+def _load_weights(net: Any, path: str) -> None:
+    """Weights from an absc train checkpoint (verified against its sidecar), or from a plain
+    .safetensors file keyed like ``net.state_dict()``."""
+    from absnet.train.checkpoint import load_weights
+
+    p = Path(path)
+    if p.suffix != ".safetensors" or p.with_suffix(".json").exists() or not p.exists():
+        load_weights(p, net)
+        return
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(p))
+    except Exception as e:
+        raise AbsnetError(Diagnostic("E604", f"cannot read {p}: {e}")) from None
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if want != got:
+        bad = sorted(set(want) ^ set(got)) + sorted(k for k in set(want) & set(got) if want[k] != got[k])
+        raise AbsnetError(Diagnostic(
+            "E605", f"{p} does not hold the weights of {net.name}: {len(bad)} keys are missing, extra or of "
+            f"another shape (first: {bad[0]})", help="pass the checkpoint of this network (and the same --arg values)"))
+    net.load_state_dict(state, strict=True)
+
+
 def cmd_version(a: argparse.Namespace) -> int:
     import absnet
 
@@ -208,6 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help='also check under this analysis, e.g. --analysis "CROWN()" (DiffAI\'s are always checked)')
     net_args(s)
     s.set_defaults(fn=cmd_check)
+
+    s = sub.add_parser("compile", help="compile a network to an artifact: an ONNX abstract analysis graph")
+    s.add_argument("file")
+    net_args(s)
+    s.add_argument("--target", default="onnx", help="artifact kind (supported: onnx)")
+    s.add_argument("--domain", "-d", default="Box()", help="the analysis, e.g. HBox() or CROWN() (default Box())")
+    s.add_argument("--input-spec", choices=["ball", "box"], default="ball",
+                   help="ball: inputs input and epsilon; box: input_lower and input_upper")
+    s.add_argument("--margins", action="store_true", help="also a label input and margin_lower/certified outputs")
+    s.add_argument("--output", "-o", help="output file (default NETWORK.ANALYSIS.onnx)")
+    s.add_argument("--checkpoint", help="weights: an absc train checkpoint or a .safetensors state_dict")
+    s.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    s.add_argument("--plan-batch", type=int, default=1, metavar="N",
+                   help="batch size the CROWN family's back-substitution is chunked for (default 1)")
+    s.add_argument("--eps", type=float, default=0.01, help="epsilon of the smoke run (default 0.01)")
+    s.add_argument("--seed", type=int, default=0, help="initialisation and smoke-input seed (default 0)")
+    s.set_defaults(fn=cmd_compile)
 
     s = sub.add_parser("show", help="print a compiled network's IR")
     s.add_argument("what", choices=["ir"])
