@@ -178,8 +178,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-COMPILE_TARGETS = ("onnx",)
-PLANNED_TARGETS = ("onnx-train", "export", "torchscript")
+COMPILE_TARGETS = ("onnx", "onnx-train")
+PLANNED_TARGETS = ("export", "torchscript")
 
 
 def cmd_compile(a: argparse.Namespace) -> int:
@@ -197,6 +197,8 @@ def cmd_compile(a: argparse.Namespace) -> int:
     net = absnet.compile_file(a.file, a.network, args=_parse_args_kv(a.arg), seed=a.seed)
     if a.checkpoint:
         _load_weights(net, a.checkpoint)
+    if a.target == "onnx-train":
+        return _compile_train_step(net, a)
     net.eval()
     analysis = net.analysis(a.domain)
     out = Path(a.output or f"{net.name}.{analysis.name}.onnx")
@@ -216,6 +218,35 @@ def cmd_compile(a: argparse.Namespace) -> int:
     print(f"  inputs    {_io(model.graph.input)}")
     print(f"  outputs   {_io(model.graph.output)}")
     print(f"  smoke     {smoke}")
+    return 0
+
+
+def _compile_train_step(net: Any, a: argparse.Namespace) -> int:
+    """``--target onnx-train``: the training-step graph (docs/onnx.md, "Training-step graphs")."""
+    from absnet.backends.onnx.train_step import compile_train_target
+
+    goal = a.goal or "Box()"
+    out = Path(a.output or f"{net.name}.step.onnx")
+    st = compile_train_target(net, out, goal=goal, optimizer=a.optimizer, eps=a.eps, seed=a.seed)
+    worst = max(st["smoke_rel_diff"], st["smoke_grad_rel_diff"])
+    if worst > 1e-4:
+        print(f"absc compile: internal error: onnxruntime and torch disagree on the training step {out} (max "
+              f"relative difference {worst:.2g}); please report it with `absc version --full`", file=sys.stderr)
+        return 70
+
+    def shapes(d: dict[str, Any], limit: int = 6) -> str:
+        items = [f"{k} [{', '.join(map(str, v))}]" for k, v in d.items()]
+        return ", ".join(items[:limit]) + (f", … ({len(items)} in all)" if len(items) > limit else "")
+
+    print(f"wrote {out}")
+    print(f"  network   {net.name} ({a.file}), goal {st['goal']}, optimizer {st['optimizer']}")
+    print(f"  graph     {st['nodes']:,} nodes ({st['forward_nodes']:,} forward, {st['backward_nodes']:,} backward), "
+          f"{st['bytes']:,} bytes, opset 17, batch axis N dynamic")
+    print(f"  inputs    {shapes(st['inputs'])}")
+    print(f"  outputs   {shapes(st['outputs'])}")
+    print(f"  smoke     one step on a random batch of 2 (eps {a.eps:g}): loss {st['smoke_loss']:.6g} "
+          f"(torch {st['smoke_loss_torch']:.6g}); max relative difference of the gradients "
+          f"{st['smoke_grad_rel_diff']:.2g}")
     return 0
 
 
@@ -316,10 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     net_args(s)
     s.set_defaults(fn=cmd_check)
 
-    s = sub.add_parser("compile", help="compile a network to an artifact: an ONNX abstract analysis graph")
+    s = sub.add_parser("compile", help="compile a network to an artifact: an ONNX analysis or training-step graph")
     s.add_argument("file")
     net_args(s)
-    s.add_argument("--target", default="onnx", help="artifact kind (supported: onnx)")
+    s.add_argument("--target", default="onnx",
+                   help="artifact kind: onnx (an analysis graph) or onnx-train (a training-step graph)")
+    s.add_argument("--goal", help="onnx-train: the training goal (default Box(); Point() and the Box/HBox/Z* family)")
+    s.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                   help="onnx-train: the update in the graph (torch.optim semantics; default sgd, momentum 0.9)")
     s.add_argument("--domain", "-d", default="Box()", help="the analysis, e.g. HBox() or CROWN() (default Box())")
     s.add_argument("--input-spec", choices=["ball", "box"], default="ball",
                    help="ball: inputs input and epsilon; box: input_lower and input_upper")

@@ -1,0 +1,352 @@
+"""ONNX training-step graphs: loss, gradients and one optimiser update in one standalone graph.
+
+The step is θ' = update(θ, s, ∇_θ L(θ; x, y, ε)), with L the batch mean of the goal's per-example
+loss (``absnet.goals``: cross-entropy for ``Point()``; the HBox-family loss of the abstract output
+for ``Box()``, ``HBox()``, ``ZNIPS()``, …), computed by the same rules, training-mode plan and loss
+functions (``goals/losses.py``, facade-based) as the torch backend, staged with
+:class:`~absnet.backends.onnx.grad.TrainOps`. Parameters are graph *inputs*, so nothing that depends
+on them is constant-folded; ∇_θ L is reverse mode over the recorded nodes (``grad.py``).
+
+Optimisers (torch.optim semantics, weight_decay λ, g ← ∇ + λθ):
+- ``sgd``: b ← μ·b + g (b starts at 0, so the first step is b = g as in torch); θ ← θ − lr·b, or
+  with ``nesterov`` θ ← θ − lr·(g + μ·b). State ``<p>.momentum_buffer`` (absent when μ = 0).
+- ``adam``: t ← t + 1; m ← m + (1 − β₁)(g − m); v ← β₂v + (1 − β₂)g²;
+  θ ← θ − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + eps), the bias corrections in float64 as torch does.
+  State ``<p>.exp_avg``, ``<p>.exp_avg_sq`` and the scalar ``step`` (steps taken, float32).
+
+I/O contract (opset 17, batch axis N dynamic): inputs ``input`` (N, *shape) float32, ``label`` (N,)
+int64, ``epsilon`` () float32 (unused by Point), ``lr`` () float32, then every parameter by its
+``state_dict`` key and every state tensor; outputs ``loss`` () and ``next.<name>`` for every
+parameter and state input (feed them back as ``<name>``), with ``gradients=True`` also
+``grad.<param>``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper
+
+from absnet.backends.onnx.export import DEFAULT_OPSET, graph_stats, session
+from absnet.backends.onnx.grad import TrainOps, gradients
+from absnet.backends.onnx.ops import BatchDim, StagingError, Value, onnx_type
+from absnet.diagnostics import AbsnetError, Diagnostic
+from absnet.goals.abstract import AbstractGoal
+from absnet.goals.base import Goal
+from absnet.goals.losses import abstract_loss, point_cross_entropy
+from absnet.goals.regions import PointGoal
+from absnet.goals.schedules import Const, Schedule
+from absnet.transformers import margins as M
+from absnet.transformers.registry import RuleContext
+
+NEXT = "next."
+DATA_INPUTS = ("input", "label", "epsilon", "lr")
+OPTIMIZERS = ("sgd", "adam")
+
+
+def _error(message: str, help: str | None = None) -> AbsnetError:
+    return AbsnetError(Diagnostic("E502", message, help=help))
+
+
+def _goal(goal: Goal | str) -> Goal:
+    if isinstance(goal, str):
+        from absnet.goals.catalog import parse_goal
+
+        return parse_goal(goal)
+    return goal
+
+
+def _number(s: Schedule | float | None, what: str) -> float | None:
+    if s is None or isinstance(s, int | float):
+        return s
+    if isinstance(s, Const):
+        return s.value(0.0, random.Random(0))
+    raise _error(f"{what}={s} is a schedule: a training-step graph takes constant goal arguments",
+                 help="use a number here; the graph's epsilon and lr inputs vary per step")
+
+
+def _propagate(net: Any, value: Any, analysis: Any, ops: TrainOps, params: Mapping[str, Mapping[str, Value]]) -> Any:
+    """``AbstractNetwork.propagate`` in training mode with the parameters as graph inputs."""
+    steps, out_id = net.plan(analysis, True)
+    env: dict[str, Any] = {net.graph.input_id: value}
+    aux: list[tuple[Any, Any]] = []
+    for st in steps:
+        ctx = RuleContext(ops, st.node, params.get(st.node.id, {}), analysis, True, st.in_shapes,
+                          st.out_shape, 0.0, aux, None)
+        try:
+            env[st.node.id] = st.rule.fn(ctx, *(env[i] for i in st.inputs))
+        except StagingError as e:
+            raise AbsnetError(Diagnostic(
+                "E502", f"{st.node.describe()} under {analysis} cannot be staged to ONNX: {e}", st.node.span)) from None
+    if aux:
+        raise _error("DeepLoss regularisers are not part of training-step graphs yet",
+                     help="train this network with absc train (torch)")
+    return env[out_id]
+
+
+def _parameters(net: Any, ops: TrainOps) -> tuple[dict[str, dict[str, Value]], dict[str, Value]]:
+    """Per node, its parameters as graph inputs (buffers as constants); and the inputs by key."""
+    names = {id(m): n for n, m in net.named_modules()}
+    per_node: dict[str, dict[str, Value]] = {}
+    inputs: dict[str, Value] = {}
+    for node_id, mod in net._param_modules.items():
+        prefix = names[id(mod)]
+        vals: dict[str, Value] = {}
+        for k, t in mod.tensors().items():
+            key = f"{prefix}.{k}"
+            if isinstance(t, torch.nn.Parameter) and t.requires_grad:
+                vals[k] = inputs[key] = ops.input(key, tuple(t.shape), batched=False)
+            else:
+                vals[k] = ops.known(t.detach().cpu().float().numpy(), hint=key)
+        per_node[node_id] = vals
+    return per_node, inputs
+
+
+def _loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str, Value]]) -> Value:
+    """The batch-mean training loss of ``goal`` staged on the graph inputs input/label/epsilon."""
+    x = ops.input("input", tuple(net.input_shape))
+    label = ops.input("label", (), np.int64)
+    eps = ops.input("epsilon", (), batched=False)
+    if len(net.output_shape) != 1:
+        raise _error(f"training needs flat outputs (classes), but {net.name} outputs {list(net.output_shape)}")
+    classes = int(net.output_shape[0])
+    col = ops.reshape(label, (-1, 1))
+    hit = ops.emit("Equal", [col, ops.known(np.arange(classes, dtype=np.int64), hint="classes")],
+                   (col.shape[0], classes), np.bool_)
+    onehot = ops.emit("Cast", [hit], hit.shape, np.float32, to=onnx_type(np.float32))
+    if isinstance(goal, PointGoal) and goal.name == "Point":
+        out = _propagate(net, x, net.analysis("Point()"), ops, params)
+        per = point_cross_entropy(ops, out, onehot)
+    elif isinstance(goal, AbstractGoal):
+        if goal.w is not None:
+            raise _error(f"{goal} sets its own width w: a training-step graph takes the width as its epsilon input",
+                         help=f"export {goal.name}() and feed epsilon")
+        lo, hi = M.input_bounds(ops, x, eps, *net.input_range)
+        out = _propagate(net, M.abstract_input(ops, lo, hi, goal.analysis), goal.analysis, ops, params)
+        per = abstract_loss(ops, out, onehot, cross=goal.cross_loss, log_loss=goal.log_loss, pow_loss=goal.pow_loss,
+                            tot_weight=_number(goal.tot_weight, "tot_weight"),  # type: ignore[arg-type]
+                            width_weight=_number(goal.width_weight, "width_weight"))  # type: ignore[arg-type]
+    else:
+        raise _error(f"{goal} has no training-step graph yet: supported are Point() and the abstract goals "
+                     "(Box, HBox, HSwitch, HSmooth, HNIPS, ZBox, ZSwitch, ZNIPS, ZSmooth)",
+                     help="train this goal with absc train (torch)")
+    total = ops.sum(per, [0])
+    count = ops.emit("Cast", [ops.emit("Shape", [per], (1,), np.int64)], (1,), np.float32, to=onnx_type(np.float32))
+    return ops.div(total, ops.reshape(count, ()))
+
+
+def _sgd(ops: TrainOps, p: Value, g: Value, lr: Value, name: str, momentum: float, nesterov: bool,
+         state: dict[str, Value], out: dict[str, Value]) -> Value:
+    if momentum == 0:
+        return ops.sub(p, ops.mul(lr, g))
+    buf = state[f"{name}.momentum_buffer"] = ops.input(f"{name}.momentum_buffer", p.shape, batched=False)
+    b = out[f"{name}.momentum_buffer"] = ops.add(ops.mul(buf, momentum), g)
+    return ops.sub(p, ops.mul(lr, ops.add(g, ops.mul(b, momentum)) if nesterov else b))
+
+
+def _adam_scalars(ops: TrainOps, lr: Value, step: Value, betas: tuple[float, float]) -> tuple[Value, Value]:
+    """lr/(1 − β₁ᵗ) and √(1 − β₂ᵗ) as float32, computed in float64 like torch's Python scalars."""
+    f64 = onnx_type(np.float64)
+    t = ops.emit("Cast", [step], (), np.float64, to=f64)
+
+    def one_minus_pow(beta: float) -> Value:
+        pw = ops.emit("Pow", [ops.known(np.array(beta, np.float64)), t], (), np.float64)
+        return ops.sub(ops.known(np.array(1.0, np.float64)), pw)
+
+    lr64 = ops.emit("Cast", [lr], (), np.float64, to=f64)
+    size = ops.emit("Cast", [ops.div(lr64, one_minus_pow(betas[0]))], (), np.float32, to=onnx_type(np.float32))
+    bc2 = ops.emit("Cast", [ops.sqrt(one_minus_pow(betas[1]))], (), np.float32, to=onnx_type(np.float32))
+    return size, bc2
+
+
+def _adam(ops: TrainOps, p: Value, g: Value, name: str, betas: tuple[float, float], eps: float,
+          scalars: tuple[Value, Value], state: dict[str, Value], out: dict[str, Value]) -> Value:
+    m_in = state[f"{name}.exp_avg"] = ops.input(f"{name}.exp_avg", p.shape, batched=False)
+    v_in = state[f"{name}.exp_avg_sq"] = ops.input(f"{name}.exp_avg_sq", p.shape, batched=False)
+    m = out[f"{name}.exp_avg"] = ops.add(m_in, ops.mul(ops.sub(g, m_in), 1.0 - betas[0]))
+    v = out[f"{name}.exp_avg_sq"] = ops.add(ops.mul(v_in, betas[1]), ops.mul(ops.mul(g, g), 1.0 - betas[1]))
+    size, bc2 = scalars
+    denom = ops.add(ops.div(ops.sqrt(v), bc2), eps)
+    return ops.sub(p, ops.mul(size, ops.div(m, denom)))
+
+
+def export_train_step(net: Any, path: str | Path | None = None, goal: Goal | str = "Box()", optimizer: str = "sgd",
+                      momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
+                      weight_decay: float = 0.0, nesterov: bool = False, gradients_out: bool = False,
+                      opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The ONNX training-step graph of ``net`` for ``goal`` and ``optimizer`` (module docstring).
+
+    The graph is checked (``onnx.checker`` full check and strict shape inference) before it is
+    returned. ``net`` is left untouched; its current weights only fix the parameter shapes.
+
+    Raises:
+        AbsnetError: E502 for a goal, layer or optimiser the training-step graph does not support.
+
+    >>> import absnet
+    >>> net = absnet.compile_source("network N { input [2] range [-1, 1]  Linear(3) ReLU() Linear(2) }")
+    >>> model = export_train_step(net, goal="Box()", optimizer="adam")
+    >>> [o.name for o in model.graph.output][:3]
+    ['loss', 'next.layers.0.weight', 'next.layers.0.bias']
+    """
+    if optimizer not in OPTIMIZERS:
+        raise _error(f"unknown optimizer {optimizer!r}", help="use 'sgd' or 'adam'")
+    g_obj = _goal(goal)
+    ops = TrainOps(opset=opset)
+    per_node, params = _parameters(net, ops)
+    try:
+        loss = _loss(net, g_obj, ops, per_node)
+        n_forward = len(ops.g.nodes)
+        grads = gradients(ops, loss, list(params.values()))
+    except StagingError as e:
+        raise _error(f"{g_obj} on {net.name}: {e}", help="train this network with absnet train (torch)") from None
+    n_backward = len(ops.g.nodes) - n_forward
+    lr = ops.input("lr", (), batched=False)
+    state: dict[str, Value] = {}
+    out: dict[str, Value] = {"loss": loss}
+    nxt: dict[str, Value] = {}
+    scalars = None
+    if optimizer == "adam":
+        step = state["step"] = ops.input("step", (), batched=False)
+        nxt["step"] = ops.add(step, 1.0)
+        scalars = _adam_scalars(ops, lr, nxt["step"], betas)
+    for (name, p), g in zip(params.items(), grads):
+        if weight_decay:
+            g = ops.add(g, ops.mul(p, weight_decay))
+        if gradients_out:
+            out[f"grad.{name}"] = g
+        if optimizer == "sgd":
+            nxt[name] = _sgd(ops, p, g, lr, name, momentum, nesterov, state, nxt)
+        else:
+            nxt[name] = _adam(ops, p, g, name, betas, eps, scalars, state, nxt)  # type: ignore[arg-type]
+    out.update({NEXT + k: nxt[k] for k in [*params, *state]})  # in the order of the inputs
+    inputs = [ops.values[n] for n in DATA_INPUTS] + list(params.values()) + list(state.values())
+    g_ = ops.g
+    for name, v in out.items():
+        g_.nodes.append(helper.make_node("Identity", [g_.materialize(v)], [name], name=f"output_{name}"))
+    graph = helper.make_graph(g_.nodes, f"{net.name}_train_step", [_value_info(v.name or "", v) for v in inputs],
+                              [_value_info(n, v) for n, v in out.items()], initializer=g_.initializers,
+                              doc_string=f"absnet training step of {net.name}: goal {g_obj}, optimizer {optimizer}")
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="absnet")
+    model.ir_version = helper.find_min_ir_version_for(opsets)
+    hyper = {"momentum": momentum, "nesterov": nesterov} if optimizer == "sgd" else {"betas": list(betas), "eps": eps}
+    helper.set_model_props(model, {
+        "absnet.network": net.name, "absnet.goal": str(g_obj), "absnet.optimizer": optimizer,
+        "absnet.optimizer_args": repr({**hyper, "weight_decay": weight_decay}),
+        "absnet.forward_nodes": str(n_forward), "absnet.backward_nodes": str(n_backward),
+    })
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    if path is not None:
+        onnx.save_model(model, str(path))
+    return model
+
+
+def _value_info(name: str, v: Value) -> onnx.ValueInfoProto:
+    dims = ["N" if isinstance(d, BatchDim) else int(d) for d in v.shape]
+    return helper.make_tensor_value_info(name, onnx_type(v.dtype), dims)
+
+
+class OnnxTrainer:
+    """Run a training-step graph in onnxruntime, feeding each step's ``next.*`` outputs back.
+
+    Parameters start from ``net``'s state_dict, optimiser state from zeros (torch's too).
+
+    >>> import absnet, numpy as np
+    >>> net = absnet.compile_source("network N { input [2] range [-1, 1]  Linear(3) ReLU() Linear(2) }")
+    >>> tr = OnnxTrainer(export_train_step(net, goal="Point()"), net)
+    >>> loss = tr.step(np.zeros((4, 2), np.float32), np.zeros(4, np.int64), lr=0.1)
+    >>> round(float(loss), 2) > 0
+    True
+    """
+
+    def __init__(self, model: onnx.ModelProto, net: Any, threads: int | None = None):
+        self.session = session(model, threads)
+        sd = net.state_dict()
+        self.state: dict[str, np.ndarray] = {}
+        for i in model.graph.input:
+            if i.name in DATA_INPUTS:
+                continue
+            if i.name in sd:
+                self.state[i.name] = sd[i.name].detach().cpu().float().numpy().copy()
+            else:
+                dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
+                self.state[i.name] = np.zeros(dims, np.float32)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.last: dict[str, np.ndarray] = {}
+
+    def step(self, x: Any, y: Any, lr: float, epsilon: float = 0.0) -> float:
+        """One training step on the batch ``(x, y)``; returns the loss before the update."""
+        feeds = {"input": np.asarray(x, np.float32), "label": np.asarray(y, np.int64),
+                 "epsilon": np.array(epsilon, np.float32), "lr": np.array(lr, np.float32), **self.state}
+        res = dict(zip(self.outputs, self.session.run(self.outputs, feeds), strict=True))
+        for name in self.state:
+            self.state[name] = res[NEXT + name]
+        self.last = res
+        return float(res["loss"])
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """The current parameters as tensors keyed like ``state_dict`` (optimiser state left out)."""
+        return {k: torch.from_numpy(v.copy()) for k, v in self.state.items()
+                if k != "step" and not k.endswith((".momentum_buffer", ".exp_avg", ".exp_avg_sq"))}
+
+
+def compile_train_target(net: Any, out_path: str | Path, goal: Goal | str = "Box()", optimizer: str = "sgd",
+                         eps: float = 0.01, seed: int = 0) -> dict[str, Any]:
+    """Write the training-step graph and smoke-test it against torch; stats for the CLI.
+
+    The smoke test runs the step (with gradient outputs) in onnxruntime on a random batch of 2 and
+    compares the loss and the gradients with torch's ``goal_loss`` and autograd on ``net`` (in
+    training mode, running statistics left alone; ``net`` is not changed).
+
+    Returns ``{"path", "goal", "optimizer", "nodes", "initializers", "bytes", "forward_nodes",
+    "backward_nodes", "inputs", "outputs", "export_seconds", "smoke_loss", "smoke_loss_torch",
+    "smoke_rel_diff", "smoke_grad_rel_diff"}``; the relative differences are to the torch loss and to
+    the largest torch gradient entry.
+    """
+    from absnet.goals.base import GoalContext
+    from absnet.goals.loss import goal_loss
+
+    start = time.perf_counter()
+    model = export_train_step(net, out_path, goal=goal, optimizer=optimizer)
+    seconds = time.perf_counter() - start
+    g = torch.Generator().manual_seed(seed)
+    low, high = net.input_range
+    x = low + (high - low) * torch.rand((2, *net.input_shape), generator=g)
+    y = torch.randint(0, int(net.output_shape[0]), (2,), generator=g)
+    trainer = OnnxTrainer(export_train_step(net, goal=goal, optimizer=optimizer, gradients_out=True), net)
+    loss = trainer.step(x.numpy(), y.numpy(), lr=0.0, epsilon=eps)
+    was, buffers = net.training, net.update_buffers
+    net.train()
+    net.update_buffers = False
+    try:
+        ctx = GoalContext(net=net, time=0.0, epsilon=eps, rng=random.Random(seed), generator=g)
+        ref_t, _ = goal_loss(_goal(goal), ctx, x, y)
+        named = [(k, p) for k, p in net.named_parameters() if p.requires_grad]
+        ref_g = torch.autograd.grad(ref_t, [p for _, p in named], allow_unused=True)
+    finally:
+        net.train(was)
+        net.update_buffers = buffers
+    ref = float(ref_t.detach())
+    scale = max([float(t.abs().max()) for t in ref_g if t is not None] + [1e-12])
+    gdiff = max([float(np.abs(trainer.last[f"grad.{k}"] - (0 if t is None else t.numpy())).max()) / scale
+                 for (k, _), t in zip(named, ref_g)] + [0.0])
+    props = {p.key: p.value for p in model.metadata_props}
+    shape = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    return {
+        "path": str(out_path), "goal": props["absnet.goal"], "optimizer": optimizer, **graph_stats(model),
+        "forward_nodes": int(props["absnet.forward_nodes"]), "backward_nodes": int(props["absnet.backward_nodes"]),
+        "inputs": {i.name: shape(i) for i in model.graph.input},
+        "outputs": {o.name: shape(o) for o in model.graph.output},
+        "export_seconds": seconds, "smoke_loss": loss, "smoke_loss_torch": ref,
+        "smoke_rel_diff": abs(loss - ref) / max(abs(ref), 1e-12) if math.isfinite(ref) else math.nan,
+        "smoke_grad_rel_diff": gdiff,
+    }
