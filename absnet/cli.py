@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from absnet.diagnostics import AbsnetError, Diagnostic
+from absnet.diagnostics import AbsnetError, Diagnostic, did_you_mean
 
 DEFAULT_DOMAINS = ("Box()", "HBox()", "HSwitch()", "HNIPS()", "ZNIPS()")
 
@@ -178,8 +178,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-COMPILE_TARGETS = ("onnx", "onnx-train")
-PLANNED_TARGETS = ("export", "torchscript")
+COMPILE_TARGETS = ("onnx", "onnx-train", "export", "torchscript")
 
 
 def cmd_compile(a: argparse.Namespace) -> int:
@@ -190,15 +189,17 @@ def cmd_compile(a: argparse.Namespace) -> int:
     from absnet.backends.onnx.export import export_onnx, graph_stats
 
     if a.target not in COMPILE_TARGETS:
-        later = " (planned)" if a.target in PLANNED_TARGETS else ""
-        print(f"absc compile: error: --target {a.target}{later} is not supported yet; supported targets: "
-              f"{', '.join(COMPILE_TARGETS)}", file=sys.stderr)
+        hint = did_you_mean(a.target, COMPILE_TARGETS)
+        print(f"absc compile: error: unknown --target {a.target}; targets: {', '.join(COMPILE_TARGETS)}"
+              + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 2
     net = absnet.compile_file(a.file, a.network, args=_parse_args_kv(a.arg), seed=a.seed)
     if a.checkpoint:
         _load_weights(net, a.checkpoint)
     if a.target == "onnx-train":
         return _compile_train_step(net, a)
+    if a.target in ("export", "torchscript"):
+        return _compile_torch_program(net, a)
     net.eval()
     analysis = net.analysis(a.domain)
     out = Path(a.output or f"{net.name}.{analysis.name}.onnx")
@@ -218,6 +219,29 @@ def cmd_compile(a: argparse.Namespace) -> int:
     print(f"  inputs    {_io(model.graph.input)}")
     print(f"  outputs   {_io(model.graph.output)}")
     print(f"  smoke     {smoke}")
+    return 0
+
+
+def _compile_torch_program(net: Any, a: argparse.Namespace) -> int:
+    """``--target export`` (a torch.export .pt2) or ``torchscript`` (.pt): docs/export.md."""
+    from absnet.backends.torch.export import compile_target
+
+    analysis = net.analysis(a.domain)
+    out = Path(a.output or f"{net.name}.{analysis.name}.{'pt2' if a.target == 'export' else 'pt'}")
+    st = compile_target(net, a.target, out, analysis, a.input_spec, a.margins)
+    if st["max_rel_diff"] > 1e-4:
+        print(f"absc compile: internal error: the {a.target} program and the torch backend disagree on {out} (max "
+              f"relative difference {st['max_rel_diff']:.2g}); please report it with `absc version --full`",
+              file=sys.stderr)
+        return 70
+    kind = "torch.export .pt2" if a.target == "export" else "TorchScript"
+    print(f"wrote {st['path']}")
+    print(f"  network   {net.name} ({a.file}), analysis {st['analysis']}, input spec {a.input_spec}")
+    print(f"  program   {kind}, {st['bytes']:,} bytes, batch axis N dynamic, built in {st['export_s']:.1f} s")
+    print(f"  inputs    {', '.join(st['inputs'])}")
+    print(f"  outputs   {', '.join(st['outputs'])}")
+    print(f"  smoke     reloaded from the file, ran a random batch of 2: max relative difference to the torch "
+          f"backend {st['max_rel_diff']:.1e}")
     return 0
 
 
@@ -347,11 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     net_args(s)
     s.set_defaults(fn=cmd_check)
 
-    s = sub.add_parser("compile", help="compile a network to an artifact: an ONNX analysis or training-step graph")
+    s = sub.add_parser("compile", help="compile a network to an artifact: ONNX analysis or training-step graph, .pt2")
     s.add_argument("file")
     net_args(s)
     s.add_argument("--target", default="onnx",
-                   help="artifact kind: onnx (an analysis graph) or onnx-train (a training-step graph)")
+                   help="artifact kind: onnx (an analysis graph), onnx-train (a training-step graph), "
+                        "export (a torch.export .pt2) or torchscript (.pt)")
     s.add_argument("--goal", help="onnx-train: the training goal (default Box(); Point() and the Box/HBox/Z* family)")
     s.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
                    help="onnx-train: the update in the graph (torch.optim semantics; default sgd, momentum 0.9)")

@@ -350,7 +350,7 @@ def test_absc_compile_loads_a_safetensors_checkpoint(tmp_path: Path, capsys: pyt
 
 
 @pytest.mark.parametrize(("argv", "code", "words"), [
-    (["--target", "torchscript"], 2, "not supported yet; supported targets: onnx, onnx-train"),
+    (["--target", "tflite"], 2, "unknown --target tflite; targets: onnx, onnx-train, export, torchscript"),
     (["--domain", "AlphaCROWN()"], 1, "error[E502]"),
 ])
 def test_absc_compile_errors(argv: list[str], code: int, words: str, capsys: pytest.CaptureFixture[str]) -> None:
