@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -15,13 +15,8 @@ TINY = "network Tiny { input [3] range [0, 1]  Linear(6) ReLU() Linear(3) }"
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run on one intra-op thread: the tensors here are tiny, and on a busy machine waking torch's
-    worker threads costs milliseconds per op (tens of seconds over an attack test)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _goal_tests_on_one_thread(one_thread: None) -> None:
+    """Every goal test runs torch on one thread (tests/conftest.py): attacks run many tiny ops."""
 
 
 @pytest.fixture

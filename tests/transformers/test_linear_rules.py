@@ -59,14 +59,7 @@ AFFINE = ("Linear", "Conv2d", "Normalize", "BatchNorm1d", "BatchNorm2d", "AvgPoo
           "Flatten", "Reshape", "Add", "Concat", "Dropout")
 LINEAR_CASES = [case for case in CASES if (case.op, "linear") in RULES]
 NODE = "n7"  # make_ctx's node id
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: torch's thread pool costs more than it saves (and much more on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny tensors (tests/conftest.py)
 
 
 # --------------------------------------------------------------------------- inputs

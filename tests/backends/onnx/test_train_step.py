@@ -141,15 +141,6 @@ def _batches(n: int, batch: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.rand(batch, 1, 8, 8, generator=g), torch.randint(0, 10, (batch,), generator=g)) for _ in range(n)]
 
 
-@pytest.fixture
-def one_thread():
-    """torch on one thread: on the shared 2-core CI machine two threads spin and run 50× slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _torch_train(net: absnet.AbstractNetwork, goal: str, opt: str, lr: float, eps: float, steps: int) -> None:
     net.train()
     o = (torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9) if opt == "sgd"
