@@ -26,6 +26,8 @@ import torch
 import absnet
 from absnet.diagnostics import AbsnetError
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # small tensors (tests/conftest.py)
+
 DT = torch.float64
 TOL = 1e-9
 N = 2  # examples per case

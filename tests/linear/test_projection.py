@@ -20,6 +20,8 @@ from absnet.backends.torch.projection import images, projected_interval, substit
 from absnet.diagnostics import AbsnetError
 from absnet.domains.linear import LinearValue, ancestors, back_substitute
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # small tensors (tests/conftest.py)
+
 DT = torch.float64
 NETS = {
     "mlp": """network Mlp {

@@ -42,6 +42,8 @@ from wk_reference import (
     wk_bound,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # small tensors (tests/conftest.py)
+
 TOL = 1e-9
 
 

@@ -33,6 +33,8 @@ from wk_reference import (
 
 import absnet
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # small tensors (tests/conftest.py)
+
 ATOL = 1e-9
 SIZES = (5, 10, 10, 4)
 RANGE = (-1.0, 1.0)
