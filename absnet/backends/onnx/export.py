@@ -19,9 +19,9 @@ AlphaCROWN and WongKolter(proj=k) are torch-only (gradient steps, random project
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -32,6 +32,9 @@ from absnet.diagnostics import AbsnetError, Diagnostic
 from absnet.ir.domains import Analysis
 from absnet.transformers import margins as M
 from absnet.transformers.registry import RuleContext
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_OPSET = 17
 OPSETS = range(13, 22)  # 13: ReduceSum takes axes as an input; 18+: the other Reduce* too (handled)
@@ -61,32 +64,48 @@ def check_exportable(analysis: Analysis, input_spec: str = "ball", margins: bool
                      f"(default {DEFAULT_OPSET})")
 
 
-def _parameters(net: Any, ops: OnnxOps) -> dict[str, dict[str, Value]]:
-    """Every node's parameters and buffers as constants named by their state_dict keys."""
+def stage_parameters(net: Any, stage: Callable[[str, torch.Tensor], Value]) -> dict[str, dict[str, Value]]:
+    """Every node's parameters and buffers, each staged by ``stage(state_dict key, tensor)``."""
     names = {id(m): n for n, m in net.named_modules()}
-    out: dict[str, dict[str, Value]] = {}
-    for node_id, mod in net._param_modules.items():
-        prefix = names[id(mod)]
-        out[node_id] = {k: ops.known(t.detach().cpu().float().numpy(), hint=f"{prefix}.{k}")
-                        for k, t in mod.tensors().items()}
-    return out
+    return {node_id: {k: stage(f"{names[id(mod)]}.{k}", t) for k, t in mod.tensors().items()}
+            for node_id, mod in net._param_modules.items()}
 
 
-def propagate(net: Any, value: Any, analysis: Analysis, ops: OnnxOps) -> Any:
-    """``AbstractNetwork.propagate`` in eval mode with the parameters as ONNX constants."""
-    steps, out_id = net.plan(analysis, False)
-    params = _parameters(net, ops)
+def constant_parameters(net: Any, ops: OnnxOps) -> dict[str, dict[str, Value]]:
+    """Every node's parameters and buffers as constants named by their state_dict keys."""
+    return stage_parameters(net, lambda key, t: ops.known(t.detach().cpu().float().numpy(), hint=key))
+
+
+def propagate(net: Any, value: Any, analysis: Analysis, ops: OnnxOps, *, training: bool = False,
+              params: Mapping[str, Mapping[str, Value]] | None = None, aux: list[tuple[Any, Any]] | None = None,
+              time: float | None = None) -> Any:
+    """``AbstractNetwork.propagate`` staged with ``ops``: by default in eval mode with the parameters as
+    constants; training-step graphs pass ``training=True`` and their own ``params`` (graph inputs),
+    and collect DeepLoss terms in ``aux``. ``time`` (default ``net.time``) is the schedules' time."""
+    steps, out_id = net.plan(analysis, training)
+    params = constant_parameters(net, ops) if params is None else params
+    aux = [] if aux is None else aux
     env: dict[str, Any] = {net.graph.input_id: value}
     for st in steps:
-        ctx = RuleContext(ops, st.node, params.get(st.node.id, {}), analysis, False, st.in_shapes,
-                          st.out_shape, net.time, [], None)
+        ctx = RuleContext(ops, st.node, params.get(st.node.id, {}), analysis, training, st.in_shapes,
+                          st.out_shape, net.time if time is None else time, aux, None)
         try:
             env[st.node.id] = st.rule.fn(ctx, *(env[i] for i in st.inputs))
         except StagingError as e:
+            fix = ("train this network with absc train (torch), or report it" if training
+                   else "analyse this network in the torch backend (net.bounds), or report it")
             raise AbsnetError(Diagnostic(
                 "E502", f"{st.node.describe()} under {analysis} cannot be staged to ONNX: {e}", st.node.span,
-                help="analyse this network in the torch backend (net.bounds), or report it")) from None
+                help=fix)) from None
     return env[out_id]
+
+
+def label_onehot(ops: OnnxOps, label: Value, classes: int, dtype: Any) -> tuple[Value, Value]:
+    """The labels (N,) int64 as a boolean (N, classes) hit mask and its one-hot encoding in ``dtype``."""
+    col = ops.reshape(label, (-1, 1))
+    hit = ops.emit("Equal", [col, ops.known(np.arange(classes, dtype=np.int64), hint="classes")],
+                   (col.shape[0], classes), np.bool_)
+    return hit, ops.emit("Cast", [hit], hit.shape, dtype, to=onnx_type(dtype))
 
 
 def build_analysis(net: Any, analysis: Analysis, ops: OnnxOps, input_spec: str = "ball",
@@ -114,10 +133,7 @@ def build_analysis(net: Any, analysis: Analysis, ops: OnnxOps, input_spec: str =
         classes = _classes(net)
         label = ops.input("label", (), np.int64)
         inputs.append(label)
-        col = ops.reshape(label, (-1, 1))
-        hit = ops.emit("Equal", [col, ops.known(np.arange(classes, dtype=np.int64), hint="classes")],
-                       (col.shape[0], classes), np.bool_)
-        onehot = ops.emit("Cast", [hit], hit.shape, lower.dtype, to=onnx_type(lower.dtype))
+        hit, onehot = label_onehot(ops, label, classes, lower.dtype)
         m = M.margin_lower(ops, out, onehot)
         others = ops.where(hit, ops.constant(math.inf, m), m)
         worst = ops.neg(ops.max(ops.neg(others), [1]))

@@ -35,7 +35,7 @@ import onnx
 import torch
 from onnx import helper
 
-from absnet.backends.onnx.export import DEFAULT_OPSET, graph_stats, session
+from absnet.backends.onnx.export import DEFAULT_OPSET, graph_stats, label_onehot, propagate, session, stage_parameters
 from absnet.backends.onnx.grad import TrainOps, gradients
 from absnet.backends.onnx.ops import BatchDim, StagingError, Value, onnx_type
 from absnet.diagnostics import AbsnetError, Diagnostic
@@ -45,7 +45,6 @@ from absnet.goals.losses import abstract_loss, point_cross_entropy
 from absnet.goals.regions import PointGoal
 from absnet.goals.schedules import Const, Schedule
 from absnet.transformers import margins as M
-from absnet.transformers.registry import RuleContext
 
 NEXT = "next."
 DATA_INPUTS = ("input", "label", "epsilon", "lr")
@@ -74,40 +73,26 @@ def _number(s: Schedule | float | None, what: str) -> float | None:
 
 
 def _propagate(net: Any, value: Any, analysis: Any, ops: TrainOps, params: Mapping[str, Mapping[str, Value]]) -> Any:
-    """``AbstractNetwork.propagate`` in training mode with the parameters as graph inputs."""
-    steps, out_id = net.plan(analysis, True)
-    env: dict[str, Any] = {net.graph.input_id: value}
+    """``export.propagate`` in training mode with the parameters as graph inputs (DeepLoss refused)."""
     aux: list[tuple[Any, Any]] = []
-    for st in steps:
-        ctx = RuleContext(ops, st.node, params.get(st.node.id, {}), analysis, True, st.in_shapes,
-                          st.out_shape, 0.0, aux, None)
-        try:
-            env[st.node.id] = st.rule.fn(ctx, *(env[i] for i in st.inputs))
-        except StagingError as e:
-            raise AbsnetError(Diagnostic(
-                "E502", f"{st.node.describe()} under {analysis} cannot be staged to ONNX: {e}", st.node.span)) from None
+    out = propagate(net, value, analysis, ops, training=True, params=params, aux=aux, time=0.0)
     if aux:
         raise _error("DeepLoss regularisers are not part of training-step graphs yet",
                      help="train this network with absc train (torch)")
-    return env[out_id]
+    return out
 
 
 def _parameters(net: Any, ops: TrainOps) -> tuple[dict[str, dict[str, Value]], dict[str, Value]]:
     """Per node, its parameters as graph inputs (buffers as constants); and the inputs by key."""
-    names = {id(m): n for n, m in net.named_modules()}
-    per_node: dict[str, dict[str, Value]] = {}
     inputs: dict[str, Value] = {}
-    for node_id, mod in net._param_modules.items():
-        prefix = names[id(mod)]
-        vals: dict[str, Value] = {}
-        for k, t in mod.tensors().items():
-            key = f"{prefix}.{k}"
-            if isinstance(t, torch.nn.Parameter) and t.requires_grad:
-                vals[k] = inputs[key] = ops.input(key, tuple(t.shape), batched=False)
-            else:
-                vals[k] = ops.known(t.detach().cpu().float().numpy(), hint=key)
-        per_node[node_id] = vals
-    return per_node, inputs
+
+    def stage(key: str, t: torch.Tensor) -> Value:
+        if isinstance(t, torch.nn.Parameter) and t.requires_grad:
+            inputs[key] = ops.input(key, tuple(t.shape), batched=False)
+            return inputs[key]
+        return ops.known(t.detach().cpu().float().numpy(), hint=key)
+
+    return stage_parameters(net, stage), inputs
 
 
 def _loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str, Value]]) -> Value:
@@ -118,10 +103,7 @@ def _loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str,
     if len(net.output_shape) != 1:
         raise _error(f"training needs flat outputs (classes), but {net.name} outputs {list(net.output_shape)}")
     classes = int(net.output_shape[0])
-    col = ops.reshape(label, (-1, 1))
-    hit = ops.emit("Equal", [col, ops.known(np.arange(classes, dtype=np.int64), hint="classes")],
-                   (col.shape[0], classes), np.bool_)
-    onehot = ops.emit("Cast", [hit], hit.shape, np.float32, to=onnx_type(np.float32))
+    _, onehot = label_onehot(ops, label, classes, np.float32)
     if isinstance(goal, PointGoal) and goal.name == "Point":
         out = _propagate(net, x, net.analysis("Point()"), ops, params)
         per = point_cross_entropy(ops, out, onehot)
