@@ -28,6 +28,14 @@ def input_bounds(ops: TensorOps, x: Any, eps: Any, low: float, high: float) -> t
     return lower, upper
 
 
+def box_bounds(ops: TensorOps, lower: Any, upper: Any, low: float, high: float) -> tuple[Any, Any]:
+    """The box [lower, upper] intersected with [low, high]; an empty intersection becomes the point
+    where the lower bound lands (always l ≤ u)."""
+    lo_c, hi_c = ops.constant(low, lower), ops.constant(high, lower)
+    lo = ops.minimum(ops.maximum(lower, lo_c), hi_c)
+    return lo, ops.maximum(lo, ops.minimum(ops.maximum(upper, lo_c), hi_c))
+
+
 def abstract_input(
     ops: TensorOps, lower: Any, upper: Any, analysis: Analysis, ball: tuple[Any, Any] | None = None
 ) -> Any:

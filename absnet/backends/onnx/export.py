@@ -123,9 +123,7 @@ def build_analysis(net: Any, analysis: Analysis, ops: OnnxOps, input_spec: str =
     else:
         lo_in, hi_in = ops.input("input_lower", shape), ops.input("input_upper", shape)
         inputs = [lo_in, hi_in]
-        lo_c, hi_c = ops.constant(low, lo_in), ops.constant(high, lo_in)
-        lo = ops.minimum(ops.maximum(lo_in, lo_c), hi_c)
-        hi = ops.maximum(lo, ops.minimum(ops.maximum(hi_in, lo_c), hi_c))
+        lo, hi = M.box_bounds(ops, lo_in, hi_in, low, high)
     out = propagate(net, M.abstract_input(ops, lo, hi, analysis), analysis, ops)
     lower, upper = M.bounds(ops, out)
     outputs = {"lower": lower, "upper": upper}

@@ -136,8 +136,7 @@ class AnalysisModule(nn.Module):
         if self.input_spec == "ball":
             lo, hi = M.input_bounds(ops, args[0], args[1], low, high)
         else:
-            lo = args[0].clamp(low, high)
-            hi = torch.maximum(lo, args[1].clamp(low, high))
+            lo, hi = M.box_bounds(ops, args[0], args[1], low, high)
         out = net.propagate(M.abstract_input(ops, lo, hi, a), a, ops=ops)
         lower, upper = M.bounds(ops, out)
         if not self.margins:
@@ -196,9 +195,8 @@ def reference(net: Any, analysis: Analysis, input_spec: str, margins: bool,
         if not margins:
             return lo, hi
         # AbstractNetwork has no margin query over a box: the same steps as bounds_box + margin_lower
-        ops, (low, high) = TorchOps(), net.input_range
-        lower = args[0].clamp(low, high)
-        upper = torch.maximum(lower, args[1].clamp(low, high))
+        ops = TorchOps()
+        lower, upper = M.box_bounds(ops, args[0], args[1], *net.input_range)
         out = net.propagate(M.abstract_input(ops, lower, upper, analysis), analysis)
         hit = torch.nn.functional.one_hot(args[2].long(), int(net.output_shape[0])).bool()
         m = M.margin_lower(ops, out, hit.to(lower.dtype))

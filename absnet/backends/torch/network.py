@@ -233,9 +233,7 @@ class AbstractNetwork(nn.Module):
         """Sound output bounds over the input box [lower, upper] (intersected with the input range)."""
         self._check_input(lower)
         ops = TorchOps(self.rng)
-        lo, hi = self.input_range
-        lower, upper = lower.clamp(lo, hi), upper.clamp(lo, hi)
-        upper = torch.maximum(lower, upper)
+        lower, upper = M.box_bounds(ops, lower, upper, *self.input_range)
         a = self.analysis(domain)
         return M.bounds(ops, self.propagate(M.abstract_input(ops, lower, upper, a), a))
 
