@@ -285,33 +285,22 @@ def _io(values: Any) -> str:
 
 
 def _smoke(net: Any, model: Any, analysis: Any, a: argparse.Namespace) -> tuple[str, float | None]:
-    """Run the graph in onnxruntime on 2 random inputs; the max relative difference to the torch backend
-    (None when the graph draws random numbers: then the two cannot agree)."""
+    """Run the graph in onnxruntime on 2 random inputs of its signature; the max relative difference
+    to the torch backend's answer for them (None when the graph draws random numbers: then the two
+    cannot agree)."""
     import numpy as np
-    import torch
 
     from absnet.backends.onnx.export import run_onnx
+    from absnet.backends.torch.export import example_inputs, input_names, output_names, reference
 
-    g = torch.Generator().manual_seed(a.seed)
-    lo, hi = net.input_range
-    x = lo + (hi - lo) * torch.rand((2, *net.input_shape), generator=g)
-    if analysis.kind == "point":
-        got, want = run_onnx(model, input=x), {"output": net(x)}
-    elif a.input_spec == "box":
-        got = run_onnx(model, input_lower=x - a.eps, input_upper=x + a.eps)
-        want = dict(zip(("lower", "upper"), net.bounds_box(x - a.eps, x + a.eps, analysis), strict=True))
-    else:
-        feeds: dict[str, Any] = {"input": x, "epsilon": a.eps}
-        want = dict(zip(("lower", "upper"), net.bounds(x, a.eps, analysis), strict=True))
-        if a.margins:
-            y = net(x).argmax(1)
-            feeds["label"] = y
-            want["margin_lower"] = net.margin_lower(x, y, a.eps, analysis)
-        got = run_onnx(model, **feeds)
+    args = example_inputs(net, analysis, a.input_spec, a.margins, batch=2, eps=a.eps, seed=a.seed)
+    got = run_onnx(model, **dict(zip(input_names(analysis, a.input_spec, a.margins), args, strict=True)))
     what = f"onnxruntime ran a random batch of 2 (eps {a.eps})"
     if any(n.op_type == "RandomUniformLike" for n in model.graph.node):
         return f"{what}; not compared: the graph draws random numbers (randomised directives)", None
-    diff = max(float(np.max(np.abs(got[k] - w.numpy()) / np.maximum(1.0, np.abs(w.numpy())))) for k, w in want.items())
+    want = zip(output_names(analysis, a.margins), reference(net, analysis, a.input_spec, a.margins, args), strict=True)
+    diff = max(float(np.max(np.abs(got[k] - w.numpy()) / np.maximum(1.0, np.abs(w.numpy()))))
+               for k, w in want if w.dtype.is_floating_point)  # elementwise, each relative to max(1, |w|)
     return f"{what}: max relative difference to the torch backend {diff:.1e}", diff
 
 

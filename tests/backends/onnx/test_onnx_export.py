@@ -330,6 +330,16 @@ def test_absc_compile_writes_and_smoke_tests(tmp_path: Path, capsys: pytest.Capt
     assert "max relative difference to the torch backend" in text
 
 
+def test_absc_compile_smoke_tests_a_box_input_with_margins(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "box.onnx"
+    code = cli.main(["compile", str(ROOT / "models" / "diffai.absnet"), *FFNN_ARGS, "--domain", "CROWN()",
+                     "--input-spec", "box", "--margins", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "input_lower float32" in text and "label int64 [N]" in text
+    assert float(text.rsplit("torch backend ", 1)[1].split()[0]) <= 1e-5
+
+
 def test_absc_compile_loads_a_safetensors_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from safetensors.torch import save_file
 
