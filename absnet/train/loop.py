@@ -11,13 +11,13 @@ forward), never during attacks or abstract passes.
 
 from __future__ import annotations
 
-import math
 import random
 import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 
 from absnet.diagnostics import AbsnetError, Diagnostic
 from absnet.train.config import TrainConfig
+from absnet.train.engines import build_engine
 
 
 @dataclass
@@ -34,6 +35,7 @@ class TrainOptions:
     out: Path = Path("runs")
     resume: Path | None = None
     device: str = "cpu"
+    engine: str = "torch"  # "onnxruntime": steps run an exported training-step graph (absnet/train/engines.py)
     deterministic: bool = False
     data_dir: str | None = None
     download: bool = True
@@ -102,6 +104,7 @@ class Trainer:
         self.test_loader = Loader(self.test_split, d.test_batch, shuffle=False, limit=d.test_size,
                                   device=self.device)
         self.optimizer = cfg.optimizer.build(self.net.parameters())
+        self.engine = build_engine(opts.engine, self.net, self.optimizer, cfg, device=opts.device, log=opts.log)
         self.base_lr = float(cfg.optimizer.args["lr"])
         self.goal_gen = torch.Generator()
         self.goal_rng = random.Random(cfg.seed)
@@ -143,6 +146,7 @@ class Trainer:
     def save(self, name: str = "last") -> Path:
         from absnet.train.checkpoint import save_checkpoint
 
+        self.engine.sync()
         tensors, meta = self._state()
         path = self.run.checkpoints / f"{name}.safetensors"
         save_checkpoint(path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, meta)
@@ -168,6 +172,7 @@ class Trainer:
                           "settings are the same)")
         unpack_state(tensors, meta, self.net, self.optimizer, {"goal": self.goal_gen, "net": self.net.rng},
                      {"goal": self.goal_rng})
+        self.engine.load()
         self.epoch, self.batch = int(meta["epoch"]), int(meta["batch"])
         self.partial = dict(meta.get("partial") or self.partial)
         self.best = dict(meta.get("best") or {})
@@ -201,7 +206,6 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> None:
         from absnet.goals.base import GoalContext
-        from absnet.goals.loss import goal_loss
 
         cfg, net = self.cfg, self.net
         n = len(self.train_loader)
@@ -223,23 +227,8 @@ class Trainer:
             t = (epoch - 1) + (i + 1) / n
             net.time = t
             eps = cfg.epsilon.value(t, self.goal_rng)
-            net.update_buffers = True
-            with torch.no_grad():
-                correct = int((net(x).argmax(dim=1) == y).sum())
-            net.update_buffers = False
             ctx = GoalContext(net=net, time=t, epsilon=eps, rng=self.goal_rng, generator=self.goal_gen)
-            try:
-                loss, _ = goal_loss(cfg.goal, ctx, x, y)
-            finally:
-                net.update_buffers = True
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                self._nonfinite(value, epoch, i, n)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            value, correct = self.engine.step(ctx, x, y, lr, check=partial(self._nonfinite, epoch=epoch, i=i, n=n))
             p = self.partial
             p["loss"] += value * x.shape[0]
             p["correct"] += correct
@@ -258,6 +247,7 @@ class Trainer:
                 raise Interrupted(self.run.path, epoch, i + 1)
         if bar is not None:
             bar.close()
+        self.engine.sync()
         p = self.partial
         p["seconds"] += time.perf_counter() - start
         self.epoch, self.batch = epoch, 0
