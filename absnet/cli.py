@@ -366,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default="onnx",
                    help="artifact kind: onnx (an analysis graph), onnx-train (a training-step graph), "
                         "export (a torch.export .pt2) or torchscript (.pt)")
-    s.add_argument("--goal", help="onnx-train: the training goal (default Box(); Point() and the Box/HBox/Z* family)")
-    s.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+    s.add_argument("--goal", help="onnx-train: the training goal (default Box(); Point(), the Box/HBox/Z* "
+                                  "family and their Mix/LinMix)")
+    s.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd",
                    help="onnx-train: the update in the graph (torch.optim semantics; default sgd, momentum 0.9)")
     s.add_argument("--domain", "-d", default="Box()", help="the analysis, e.g. HBox() or CROWN() (default Box())")
     s.add_argument("--input-spec", choices=["ball", "box"], default="ball",

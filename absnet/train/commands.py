@@ -34,7 +34,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             overrides = [o for o in stored if not o.startswith("epochs=")] + overrides
     cfg = build_config(read_source(a.spec), a.train, file=a.spec, overrides=overrides)
     opts = TrainOptions(out=Path(a.out), resume=Path(a.resume) if a.resume else None, device=a.device,
-                        deterministic=a.deterministic, data_dir=a.data_dir, download=not a.offline,
+                        engine=a.engine, deterministic=a.deterministic, data_dir=a.data_dir, download=not a.offline,
                         progress=False if a.no_progress else None, plots=not a.no_plots)
     if a.threads:
         import torch
@@ -146,6 +146,8 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--epochs", type=int, help="shorthand for --set epochs=N")
     s.add_argument("--deterministic", action="store_true", help="use only deterministic torch kernels")
     s.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    s.add_argument("--engine", default="torch", metavar="ENGINE",
+                   help="what runs each step: torch (default) or onnxruntime (an exported ONNX training-step graph)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("test", help="evaluate a checkpoint: clean, attack and certified accuracy per test goal")

@@ -2,7 +2,9 @@
 
 The step is θ' = update(θ, s, ∇_θ L(θ; x, y, ε)), with L the batch mean of the goal's per-example
 loss (``absnet.goals``: cross-entropy for ``Point()``; the HBox-family loss of the abstract output
-for ``Box()``, ``HBox()``, ``ZNIPS()``, …), computed by the same rules, training-mode plan and loss
+for ``Box()``, ``HBox()``, ``ZNIPS()``, …; a DList/Mix/LinMix sums its members' losses weighted by
+the graph input ``goal_weights``, which the caller evaluates from the goal's schedules at each step,
+:func:`leaf_weights`), computed by the same rules, training-mode plan and loss
 functions (``goals/losses.py``, facade-based) as the torch backend, staged with
 :class:`~absnet.backends.onnx.grad.TrainOps`. Parameters are graph *inputs*, so nothing that depends
 on them is constant-folded; ∇_θ L is reverse mode over the recorded nodes (``grad.py``).
@@ -13,12 +15,16 @@ Optimisers (torch.optim semantics, weight_decay λ, g ← ∇ + λθ):
 - ``adam``: t ← t + 1; m ← m + (1 − β₁)(g − m); v ← β₂v + (1 − β₂)g²;
   θ ← θ − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + eps), the bias corrections in float64 as torch does.
   State ``<p>.exp_avg``, ``<p>.exp_avg_sq`` and the scalar ``step`` (steps taken, float32).
+- ``adamw``: Adam with decoupled decay, θ ← θ·(1 − lr·λ) before the Adam step (g not decayed).
+``grad_clip`` c scales every gradient by min(1, c / (‖∇‖₂ + 1e-6)) before the decay, as
+``torch.nn.utils.clip_grad_norm_`` does.
 
 I/O contract (opset 17, batch axis N dynamic): inputs ``input`` (N, *shape) float32, ``label`` (N,)
-int64, ``epsilon`` () float32 (unused by Point), ``lr`` () float32, then every parameter by its
-``state_dict`` key and every state tensor; outputs ``loss`` () and ``next.<name>`` for every
-parameter and state input (feed them back as ``<name>``), with ``gradients=True`` also
-``grad.<param>``.
+int64, ``epsilon`` () float32 (unused by Point), ``lr`` () float32, for combinations
+``goal_weights`` (L,) float32, then every parameter by its ``state_dict`` key and every state
+tensor; outputs ``loss`` () and ``next.<name>`` for every parameter and state input (feed them
+back as ``<name>``), with ``gradients_out=True`` also ``grad.<param>``, with ``correct=True`` also
+``correct`` () int64 (examples the clean forward in training mode classifies right).
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from absnet.backends.onnx.grad import TrainOps, gradients
 from absnet.backends.onnx.ops import BatchDim, StagingError, Value, onnx_type
 from absnet.diagnostics import AbsnetError, Diagnostic
 from absnet.goals.abstract import AbstractGoal
-from absnet.goals.base import Goal
+from absnet.goals.base import Goal, GoalContext
+from absnet.goals.combinators import DList
 from absnet.goals.losses import abstract_loss, point_cross_entropy
 from absnet.goals.regions import PointGoal
 from absnet.goals.schedules import Const, Schedule
@@ -48,7 +55,8 @@ from absnet.transformers import margins as M
 
 NEXT = "next."
 DATA_INPUTS = ("input", "label", "epsilon", "lr")
-OPTIMIZERS = ("sgd", "adam")
+WEIGHTS = "goal_weights"  # (L,) input of combinations: the weight of each of goal_leaves(goal) now
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def _error(message: str, help: str | None = None) -> AbsnetError:
@@ -95,8 +103,49 @@ def _parameters(net: Any, ops: TrainOps) -> tuple[dict[str, dict[str, Value]], d
     return stage_parameters(net, stage), inputs
 
 
-def _loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str, Value]]) -> Value:
-    """The batch-mean training loss of ``goal`` staged on the graph inputs input/label/epsilon."""
+def goal_leaves(goal: Goal) -> list[Goal]:
+    """The goals whose losses a training-step graph sums: a DList's (Mix, LinMix) members, flattened."""
+    if isinstance(goal, DList):
+        return [leaf for g, _ in goal.pairs for leaf in goal_leaves(g)]
+    return [goal]
+
+
+def leaf_weights(goal: Goal, ctx: GoalContext) -> list[float]:
+    """The weight of each of :func:`goal_leaves` at ``ctx``'s time, as ``DList.terms`` weighs them
+    (schedules evaluated in the same order on ``ctx.rng``; a member weighing 0 now is not evaluated)."""
+    if not isinstance(goal, DList):
+        return [1.0]
+    out: list[float] = []
+    for (g, _), w in zip(goal.pairs, goal.weights(ctx)):
+        out.extend(w * v for v in leaf_weights(g, ctx)) if w > 0 else out.extend(0.0 for _ in goal_leaves(g))
+    return out
+
+
+def _leaf_loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str, Value]], x: Value,
+               eps: Value, onehot: Value, logits: dict[str, Value]) -> Value:
+    """The per-example loss (N,) of one leaf goal; a clean forward's logits are kept in ``logits``."""
+    if isinstance(goal, PointGoal) and goal.name == "Point":
+        out = logits["point"] = _propagate(net, x, net.analysis("Point()"), ops, params)
+        return point_cross_entropy(ops, out, onehot)
+    if isinstance(goal, AbstractGoal):
+        if goal.w is not None:
+            raise _error(f"{goal} sets its own width w: a training-step graph takes the width as its epsilon input",
+                         help=f"export {goal.name}() and feed epsilon")
+        lo, hi = M.input_bounds(ops, x, eps, *net.input_range)
+        out = _propagate(net, M.abstract_input(ops, lo, hi, goal.analysis), goal.analysis, ops, params)
+        return abstract_loss(ops, out, onehot, cross=goal.cross_loss, log_loss=goal.log_loss, pow_loss=goal.pow_loss,
+                             tot_weight=_number(goal.tot_weight, "tot_weight"),  # type: ignore[arg-type]
+                             width_weight=_number(goal.width_weight, "width_weight"))  # type: ignore[arg-type]
+    raise _error(f"{goal} has no training-step graph yet: supported are Point(), the abstract goals (Box, HBox, "
+                 "HSwitch, HSmooth, HNIPS, ZBox, ZSwitch, ZNIPS, ZSmooth) and their DList/Mix/LinMix combinations",
+                 help="train this goal with absc train (torch)")
+
+
+def _loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str, Value]],
+          correct: bool = False) -> tuple[Value, Value | None]:
+    """The batch-mean training loss of ``goal`` staged on the graph inputs input/label/epsilon (and
+    ``goal_weights`` for a combination); with ``correct``, also the count of examples the clean
+    forward (training mode) classifies right."""
     x = ops.input("input", tuple(net.input_shape))
     label = ops.input("label", (), np.int64)
     eps = ops.input("epsilon", (), batched=False)
@@ -104,25 +153,27 @@ def _loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str,
         raise _error(f"training needs flat outputs (classes), but {net.name} outputs {list(net.output_shape)}")
     classes = int(net.output_shape[0])
     _, onehot = label_onehot(ops, label, classes, np.float32)
-    if isinstance(goal, PointGoal) and goal.name == "Point":
+    leaves = goal_leaves(goal)
+    logits: dict[str, Value] = {}
+    per = [_leaf_loss(net, leaf, ops, params, x, eps, onehot, logits) for leaf in leaves]
+    total = per[0]
+    if isinstance(goal, DList):
+        weights = ops.input(WEIGHTS, (len(leaves),), batched=False)
+        total = None
+        for i, p in enumerate(per):
+            term = ops.mul(ops.reshape(ops.slice(weights, 0, i, i + 1), ()), p)
+            total = term if total is None else ops.add(total, term)
+    count = ops.emit("Cast", [ops.emit("Shape", [total], (1,), np.int64)], (1,), np.float32, to=onnx_type(np.float32))
+    loss = ops.div(ops.sum(total, [0]), ops.reshape(count, ()))
+    if not correct:
+        return loss, None
+    out = logits.get("point")
+    if out is None:
         out = _propagate(net, x, net.analysis("Point()"), ops, params)
-        per = point_cross_entropy(ops, out, onehot)
-    elif isinstance(goal, AbstractGoal):
-        if goal.w is not None:
-            raise _error(f"{goal} sets its own width w: a training-step graph takes the width as its epsilon input",
-                         help=f"export {goal.name}() and feed epsilon")
-        lo, hi = M.input_bounds(ops, x, eps, *net.input_range)
-        out = _propagate(net, M.abstract_input(ops, lo, hi, goal.analysis), goal.analysis, ops, params)
-        per = abstract_loss(ops, out, onehot, cross=goal.cross_loss, log_loss=goal.log_loss, pow_loss=goal.pow_loss,
-                            tot_weight=_number(goal.tot_weight, "tot_weight"),  # type: ignore[arg-type]
-                            width_weight=_number(goal.width_weight, "width_weight"))  # type: ignore[arg-type]
-    else:
-        raise _error(f"{goal} has no training-step graph yet: supported are Point() and the abstract goals "
-                     "(Box, HBox, HSwitch, HSmooth, HNIPS, ZBox, ZSwitch, ZNIPS, ZSmooth)",
-                     help="train this goal with absc train (torch)")
-    total = ops.sum(per, [0])
-    count = ops.emit("Cast", [ops.emit("Shape", [per], (1,), np.int64)], (1,), np.float32, to=onnx_type(np.float32))
-    return ops.div(total, ops.reshape(count, ()))
+    best = ops.emit("ArgMax", [out], (out.shape[0],), np.int64, axis=1, keepdims=0)
+    right = ops.emit("Cast", [ops.emit("Equal", [best, label], best.shape, np.bool_)], best.shape, np.int64,
+                     to=onnx_type(np.int64))
+    return loss, ops.emit("ReduceSum", [right], (), np.int64, keepdims=0)
 
 
 def _sgd(ops: TrainOps, p: Value, g: Value, lr: Value, name: str, momentum: float, nesterov: bool,
@@ -151,6 +202,7 @@ def _adam_scalars(ops: TrainOps, lr: Value, step: Value, betas: tuple[float, flo
 
 def _adam(ops: TrainOps, p: Value, g: Value, name: str, betas: tuple[float, float], eps: float,
           scalars: tuple[Value, Value], state: dict[str, Value], out: dict[str, Value]) -> Value:
+    """One Adam update of ``p`` (AdamW's decay is applied to ``p`` before, by the caller)."""
     m_in = state[f"{name}.exp_avg"] = ops.input(f"{name}.exp_avg", p.shape, batched=False)
     v_in = state[f"{name}.exp_avg_sq"] = ops.input(f"{name}.exp_avg_sq", p.shape, batched=False)
     m = out[f"{name}.exp_avg"] = ops.add(m_in, ops.mul(ops.sub(g, m_in), 1.0 - betas[0]))
@@ -160,9 +212,20 @@ def _adam(ops: TrainOps, p: Value, g: Value, name: str, betas: tuple[float, floa
     return ops.sub(p, ops.mul(size, ops.div(m, denom)))
 
 
+def _clip(ops: TrainOps, grads: list[Value], max_norm: float) -> list[Value]:
+    """``torch.nn.utils.clip_grad_norm_``: every gradient times min(1, max_norm / (‖g‖₂ + 1e-6)), ‖g‖₂ over all."""
+    total = None
+    for g in grads:
+        sq = ops.sum(ops.mul(g, g), list(range(len(g.shape))))
+        total = sq if total is None else ops.add(total, sq)
+    coef = ops.minimum(ops.div(max_norm, ops.add(ops.sqrt(total), 1e-6)), 1.0)
+    return [ops.mul(g, coef) for g in grads]
+
+
 def export_train_step(net: Any, path: str | Path | None = None, goal: Goal | str = "Box()", optimizer: str = "sgd",
                       momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
-                      weight_decay: float = 0.0, nesterov: bool = False, gradients_out: bool = False,
+                      weight_decay: float = 0.0, nesterov: bool = False, grad_clip: float | None = None,
+                      gradients_out: bool = False, correct: bool = False,
                       opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """The ONNX training-step graph of ``net`` for ``goal`` and ``optimizer`` (module docstring).
 
@@ -179,37 +242,44 @@ def export_train_step(net: Any, path: str | Path | None = None, goal: Goal | str
     ['loss', 'next.layers.0.weight', 'next.layers.0.bias']
     """
     if optimizer not in OPTIMIZERS:
-        raise _error(f"unknown optimizer {optimizer!r}", help="use 'sgd' or 'adam'")
+        raise _error(f"unknown optimizer {optimizer!r}", help="use 'sgd', 'adam' or 'adamw'")
     g_obj = _goal(goal)
     ops = TrainOps(opset=opset)
     per_node, params = _parameters(net, ops)
     try:
-        loss = _loss(net, g_obj, ops, per_node)
+        loss, n_correct = _loss(net, g_obj, ops, per_node, correct)
         n_forward = len(ops.g.nodes)
         grads = gradients(ops, loss, list(params.values()))
+        if grad_clip is not None:
+            grads = _clip(ops, grads, grad_clip)
     except StagingError as e:
         raise _error(f"{g_obj} on {net.name}: {e}", help="train this network with absnet train (torch)") from None
     n_backward = len(ops.g.nodes) - n_forward
     lr = ops.input("lr", (), batched=False)
     state: dict[str, Value] = {}
     out: dict[str, Value] = {"loss": loss}
+    if n_correct is not None:
+        out["correct"] = n_correct
     nxt: dict[str, Value] = {}
     scalars = None
-    if optimizer == "adam":
+    if optimizer in ("adam", "adamw"):
         step = state["step"] = ops.input("step", (), batched=False)
         nxt["step"] = ops.add(step, 1.0)
         scalars = _adam_scalars(ops, lr, nxt["step"], betas)
     for (name, p), g in zip(params.items(), grads):
-        if weight_decay:
+        if weight_decay and optimizer != "adamw":
             g = ops.add(g, ops.mul(p, weight_decay))
         if gradients_out:
             out[f"grad.{name}"] = g
         if optimizer == "sgd":
             nxt[name] = _sgd(ops, p, g, lr, name, momentum, nesterov, state, nxt)
         else:
+            if weight_decay and optimizer == "adamw":  # decoupled: θ ← θ·(1 − lr·λ) before the Adam step
+                p = ops.mul(p, ops.sub(1.0, ops.mul(lr, weight_decay)))
             nxt[name] = _adam(ops, p, g, name, betas, eps, scalars, state, nxt)  # type: ignore[arg-type]
     out.update({NEXT + k: nxt[k] for k in [*params, *state]})  # in the order of the inputs
-    inputs = [ops.values[n] for n in DATA_INPUTS] + list(params.values()) + list(state.values())
+    data = [*DATA_INPUTS, *([WEIGHTS] if WEIGHTS in ops.values else [])]
+    inputs = [ops.values[n] for n in data] + list(params.values()) + list(state.values())
     g_ = ops.g
     for name, v in out.items():
         g_.nodes.append(helper.make_node("Identity", [g_.materialize(v)], [name], name=f"output_{name}"))
@@ -222,7 +292,8 @@ def export_train_step(net: Any, path: str | Path | None = None, goal: Goal | str
     hyper = {"momentum": momentum, "nesterov": nesterov} if optimizer == "sgd" else {"betas": list(betas), "eps": eps}
     helper.set_model_props(model, {
         "absnet.network": net.name, "absnet.goal": str(g_obj), "absnet.optimizer": optimizer,
-        "absnet.optimizer_args": repr({**hyper, "weight_decay": weight_decay}),
+        "absnet.optimizer_args": repr({**hyper, "weight_decay": weight_decay, "grad_clip": grad_clip}),
+        "absnet.goal_leaves": repr([str(leaf) for leaf in goal_leaves(g_obj)]),
         "absnet.forward_nodes": str(n_forward), "absnet.backward_nodes": str(n_backward),
     })
     onnx.checker.check_model(model, full_check=True)
@@ -255,7 +326,7 @@ class OnnxTrainer:
         sd = net.state_dict()
         self.state: dict[str, np.ndarray] = {}
         for i in model.graph.input:
-            if i.name in DATA_INPUTS:
+            if i.name in DATA_INPUTS or i.name == WEIGHTS:
                 continue
             if i.name in sd:
                 self.state[i.name] = sd[i.name].detach().cpu().float().numpy().copy()
@@ -263,12 +334,18 @@ class OnnxTrainer:
                 dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
                 self.state[i.name] = np.zeros(dims, np.float32)
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.leaves = sum(i.type.tensor_type.shape.dim[0].dim_value for i in model.graph.input if i.name == WEIGHTS)
         self.last: dict[str, np.ndarray] = {}
 
-    def step(self, x: Any, y: Any, lr: float, epsilon: float = 0.0) -> float:
-        """One training step on the batch ``(x, y)``; returns the loss before the update."""
+    def step(self, x: Any, y: Any, lr: float, epsilon: float = 0.0, weights: Any = None) -> float:
+        """One training step on the batch ``(x, y)``; returns the loss before the update. A
+        combination's graph takes the weights of its leaves now (:func:`leaf_weights`)."""
         feeds = {"input": np.asarray(x, np.float32), "label": np.asarray(y, np.int64),
                  "epsilon": np.array(epsilon, np.float32), "lr": np.array(lr, np.float32), **self.state}
+        if self.leaves:
+            if weights is None or len(weights) != self.leaves:
+                raise ValueError(f"this step graph combines {self.leaves} goals: pass their {self.leaves} weights")
+            feeds[WEIGHTS] = np.asarray(weights, np.float32)
         res = dict(zip(self.outputs, self.session.run(self.outputs, feeds), strict=True))
         for name in self.state:
             self.state[name] = res[NEXT + name]
@@ -305,7 +382,8 @@ def compile_train_target(net: Any, out_path: str | Path, goal: Goal | str = "Box
     x = low + (high - low) * torch.rand((2, *net.input_shape), generator=g)
     y = torch.randint(0, int(net.output_shape[0]), (2,), generator=g)
     trainer = OnnxTrainer(export_train_step(net, goal=goal, optimizer=optimizer, gradients_out=True), net)
-    loss = trainer.step(x.numpy(), y.numpy(), lr=0.0, epsilon=eps)
+    weights = leaf_weights(_goal(goal), GoalContext(net, 0.0, eps, random.Random(seed), torch.Generator()))
+    loss = trainer.step(x.numpy(), y.numpy(), lr=0.0, epsilon=eps, weights=weights)
     was, buffers = net.training, net.update_buffers
     net.train()
     net.update_buffers = False
