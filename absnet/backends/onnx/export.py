@@ -27,7 +27,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from absnet.backends.onnx.ops import BatchDim, OnnxOps, StagingError, Value, onnx_type
+from absnet.backends.onnx.emit import BatchDim, StagingError, Value, onnx_type
+from absnet.backends.onnx.ops import OnnxOps
 from absnet.diagnostics import AbsnetError, Diagnostic
 from absnet.ir.domains import Analysis
 from absnet.transformers import margins as M

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from onnx import helper
 
-from absnet.backends.onnx.ops import OnnxOps, StagingError, Value, broadcast, is_batch, onnx_type
+from absnet.backends.onnx.emit import StagingError, Value, broadcast, is_batch, onnx_type
+from absnet.backends.onnx.ops import OnnxOps
 
 #: ops whose outputs carry no gradient (piecewise constant, or integer/shape valued)
 NONDIFF = frozenset({"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Sign",

@@ -41,9 +41,9 @@ import onnx
 import torch
 from onnx import helper
 
+from absnet.backends.onnx.emit import BatchDim, StagingError, Value, onnx_type
 from absnet.backends.onnx.export import DEFAULT_OPSET, graph_stats, label_onehot, propagate, session, stage_parameters
 from absnet.backends.onnx.grad import TrainOps, gradients
-from absnet.backends.onnx.ops import BatchDim, StagingError, Value, onnx_type
 from absnet.diagnostics import AbsnetError, Diagnostic
 from absnet.goals.abstract import AbstractGoal
 from absnet.goals.base import Goal, GoalContext
