@@ -10,8 +10,8 @@ so tests run on the trained weights and a checkpoint resumes under either engine
 
 What the graph supports is what :func:`export_train_step` supports (Point, the Box/HBox/Z family
 and their DList/Mix/LinMix combinations; SGD, Adam, AdamW; ``grad_clip``); anything else is E502
-before the first step. BatchNorm is refused: the graph normalises with batch statistics but does
-not move the running statistics the tests use.
+before the first step. BatchNorm's running statistics are graph inputs and outputs: they move on
+the clean forward of each step, as under the torch engine.
 """
 
 from __future__ import annotations
@@ -55,15 +55,12 @@ class OnnxEngine:
 
     def __init__(self, net: Any, optimizer: torch.optim.Optimizer, cfg: Any,
                  log: Callable[[str], None] | None = None):
-        bn = [n.describe() for n in net.graph.nodes() if n.op.startswith("BatchNorm")]
-        if bn:
-            raise _error(f"{net.name} has BatchNorm ({', '.join(bn)}): training-step graphs do not update running "
-                         "statistics yet", help="train this network with --engine torch")
         self.net, self.optimizer, self.goal = net, optimizer, cfg.goal
         self.opt = _optimizer_args(cfg)
         model = export_train_step(net, goal=cfg.goal, grad_clip=cfg.grad_clip, correct=True, **self.opt)
         self.trainer = OnnxTrainer(model, net, threads=torch.get_num_threads())
         self.params = [(k, p) for k, p in net.named_parameters() if p.requires_grad]
+        self.buffers = [(k, b) for k, b in net.named_buffers() if k in self.trainer.state]
         if log is not None:
             props = {p.key: p.value for p in model.metadata_props}
             stats = graph_stats(model)
@@ -92,6 +89,8 @@ class OnnxEngine:
     def sync(self) -> None:
         st = self.trainer.state
         with torch.no_grad():
+            for name, b in self.buffers:
+                b.copy_(torch.from_numpy(st[name]))
             for name, p in self.params:
                 p.copy_(torch.from_numpy(st[name]))
                 slots = self._slots()
@@ -105,6 +104,8 @@ class OnnxEngine:
 
     def load(self) -> None:
         st = self.trainer.state
+        for name, b in self.buffers:
+            st[name] = b.detach().cpu().float().numpy().copy()
         for name, p in self.params:
             st[name] = p.detach().cpu().float().numpy().copy()
             state = self.optimizer.state.get(p, {})

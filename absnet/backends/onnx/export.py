@@ -79,17 +79,21 @@ def constant_parameters(net: Any, ops: OnnxOps) -> dict[str, dict[str, Value]]:
 
 def propagate(net: Any, value: Any, analysis: Analysis, ops: OnnxOps, *, training: bool = False,
               params: Mapping[str, Mapping[str, Value]] | None = None, aux: list[tuple[Any, Any]] | None = None,
-              time: float | None = None) -> Any:
+              time: float | None = None,
+              set_buffer: Callable[[str], Callable[[str, Value], None]] | None = None) -> Any:
     """``AbstractNetwork.propagate`` staged with ``ops``: by default in eval mode with the parameters as
     constants; training-step graphs pass ``training=True`` and their own ``params`` (graph inputs),
-    and collect DeepLoss terms in ``aux``. ``time`` (default ``net.time``) is the schedules' time."""
+    and collect DeepLoss terms in ``aux``. ``time`` (default ``net.time``) is the schedules' time.
+    ``set_buffer(node id)`` gives the rules of a training-mode pass the setter of that node's running
+    statistics (torch's ``update_buffers``); None leaves them alone."""
     steps, out_id = net.plan(analysis, training)
     params = constant_parameters(net, ops) if params is None else params
     aux = [] if aux is None else aux
     env: dict[str, Any] = {net.graph.input_id: value}
     for st in steps:
         ctx = RuleContext(ops, st.node, params.get(st.node.id, {}), analysis, training, st.in_shapes,
-                          st.out_shape, net.time if time is None else time, aux, None)
+                          st.out_shape, net.time if time is None else time, aux,
+                          None if set_buffer is None else set_buffer(st.node.id))
         try:
             env[st.node.id] = st.rule.fn(ctx, *(env[i] for i in st.inputs))
         except StagingError as e:

@@ -80,27 +80,48 @@ def _number(s: Schedule | float | None, what: str) -> float | None:
                  help="use a number here; the graph's epsilon and lr inputs vary per step")
 
 
-def _propagate(net: Any, value: Any, analysis: Any, ops: TrainOps, params: Mapping[str, Mapping[str, Value]]) -> Any:
-    """``export.propagate`` in training mode with the parameters as graph inputs (DeepLoss refused)."""
+def _propagate(net: Any, value: Any, analysis: Any, ops: TrainOps, params: Mapping[str, Mapping[str, Value]],
+               stats: dict[str, Value] | None = None) -> Any:
+    """``export.propagate`` in training mode with the parameters as graph inputs (DeepLoss refused).
+    With ``stats``, the running statistics this pass computes are put there by state_dict key
+    (the key is the name of the buffer's graph input)."""
     aux: list[tuple[Any, Any]] = []
-    out = propagate(net, value, analysis, ops, training=True, params=params, aux=aux, time=0.0)
+
+    def setter(node_id: str) -> Any:
+        def record(name: str, v: Value) -> None:
+            assert stats is not None
+            stats[params[node_id][name].name or name] = v
+
+        return record
+
+    out = propagate(net, value, analysis, ops, training=True, params=params, aux=aux, time=0.0,
+                    set_buffer=None if stats is None else setter)
     if aux:
         raise _error("DeepLoss regularisers are not part of training-step graphs yet",
                      help="train this network with absc train (torch)")
     return out
 
 
-def _parameters(net: Any, ops: TrainOps) -> tuple[dict[str, dict[str, Value]], dict[str, Value]]:
-    """Per node, its parameters as graph inputs (buffers as constants); and the inputs by key."""
+RUNNING = ("running_mean", "running_var")  # buffers a training step moves (BatchNorm)
+
+
+def _parameters(net: Any, ops: TrainOps, running: bool) -> tuple[dict[str, dict[str, Value]], dict[str, Value],
+                                                                  dict[str, Value]]:
+    """Per node, its parameters as graph inputs (other buffers as constants); the trainable inputs
+    by key; and, with ``running``, the running statistics as graph inputs by key (else constants)."""
     inputs: dict[str, Value] = {}
+    buffers: dict[str, Value] = {}
 
     def stage(key: str, t: torch.Tensor) -> Value:
         if isinstance(t, torch.nn.Parameter) and t.requires_grad:
             inputs[key] = ops.input(key, tuple(t.shape), batched=False)
             return inputs[key]
+        if running and key.rsplit(".", 1)[-1] in RUNNING:
+            buffers[key] = ops.input(key, tuple(t.shape), batched=False)
+            return buffers[key]
         return ops.known(t.detach().cpu().float().numpy(), hint=key)
 
-    return stage_parameters(net, stage), inputs
+    return stage_parameters(net, stage), inputs, buffers
 
 
 def goal_leaves(goal: Goal) -> list[Goal]:
@@ -122,10 +143,13 @@ def leaf_weights(goal: Goal, ctx: GoalContext) -> list[float]:
 
 
 def _leaf_loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str, Value]], x: Value,
-               eps: Value, onehot: Value, logits: dict[str, Value]) -> Value:
-    """The per-example loss (N,) of one leaf goal; a clean forward's logits are kept in ``logits``."""
+               eps: Value, onehot: Value, logits: dict[str, Value], stats: dict[str, Value] | None) -> Value:
+    """The per-example loss (N,) of one leaf goal. The first clean forward's logits are kept in
+    ``logits`` and its running statistics in ``stats`` (if not None)."""
     if isinstance(goal, PointGoal) and goal.name == "Point":
-        out = logits["point"] = _propagate(net, x, net.analysis("Point()"), ops, params)
+        first = "point" not in logits
+        out = _propagate(net, x, net.analysis("Point()"), ops, params, stats if first else None)
+        logits.setdefault("point", out)
         return point_cross_entropy(ops, out, onehot)
     if isinstance(goal, AbstractGoal):
         if goal.w is not None:
@@ -142,10 +166,11 @@ def _leaf_loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping
 
 
 def _loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str, Value]],
-          correct: bool = False) -> tuple[Value, Value | None]:
+          stats: dict[str, Value] | None = None) -> tuple[Value, Value | None]:
     """The batch-mean training loss of ``goal`` staged on the graph inputs input/label/epsilon (and
-    ``goal_weights`` for a combination); with ``correct``, also the count of examples the clean
-    forward (training mode) classifies right."""
+    ``goal_weights`` for a combination). With ``stats`` (a dict to fill), also the count of examples
+    the clean forward (training mode) classifies right, and that forward's new running statistics
+    in ``stats``: the forward torch's trainer runs with ``update_buffers`` on."""
     x = ops.input("input", tuple(net.input_shape))
     label = ops.input("label", (), np.int64)
     eps = ops.input("epsilon", (), batched=False)
@@ -155,7 +180,7 @@ def _loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str,
     _, onehot = label_onehot(ops, label, classes, np.float32)
     leaves = goal_leaves(goal)
     logits: dict[str, Value] = {}
-    per = [_leaf_loss(net, leaf, ops, params, x, eps, onehot, logits) for leaf in leaves]
+    per = [_leaf_loss(net, leaf, ops, params, x, eps, onehot, logits, stats) for leaf in leaves]
     total = per[0]
     if isinstance(goal, DList):
         weights = ops.input(WEIGHTS, (len(leaves),), batched=False)
@@ -165,11 +190,11 @@ def _loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str,
             total = term if total is None else ops.add(total, term)
     count = ops.emit("Cast", [ops.emit("Shape", [total], (1,), np.int64)], (1,), np.float32, to=onnx_type(np.float32))
     loss = ops.div(ops.sum(total, [0]), ops.reshape(count, ()))
-    if not correct:
+    if stats is None:
         return loss, None
     out = logits.get("point")
     if out is None:
-        out = _propagate(net, x, net.analysis("Point()"), ops, params)
+        out = _propagate(net, x, net.analysis("Point()"), ops, params, stats)
     best = ops.emit("ArgMax", [out], (out.shape[0],), np.int64, axis=1, keepdims=0)
     right = ops.emit("Cast", [ops.emit("Equal", [best, label], best.shape, np.bool_)], best.shape, np.int64,
                      to=onnx_type(np.int64))
@@ -245,9 +270,10 @@ def export_train_step(net: Any, path: str | Path | None = None, goal: Goal | str
         raise _error(f"unknown optimizer {optimizer!r}", help="use 'sgd', 'adam' or 'adamw'")
     g_obj = _goal(goal)
     ops = TrainOps(opset=opset)
-    per_node, params = _parameters(net, ops)
+    per_node, params, buffers = _parameters(net, ops, running=correct)
+    stats: dict[str, Value] | None = {} if correct else None
     try:
-        loss, n_correct = _loss(net, g_obj, ops, per_node, correct)
+        loss, n_correct = _loss(net, g_obj, ops, per_node, stats)
         n_forward = len(ops.g.nodes)
         grads = gradients(ops, loss, list(params.values()))
         if grad_clip is not None:
@@ -277,9 +303,10 @@ def export_train_step(net: Any, path: str | Path | None = None, goal: Goal | str
             if weight_decay and optimizer == "adamw":  # decoupled: θ ← θ·(1 − lr·λ) before the Adam step
                 p = ops.mul(p, ops.sub(1.0, ops.mul(lr, weight_decay)))
             nxt[name] = _adam(ops, p, g, name, betas, eps, scalars, state, nxt)  # type: ignore[arg-type]
-    out.update({NEXT + k: nxt[k] for k in [*params, *state]})  # in the order of the inputs
+    nxt.update({k: (stats or {}).get(k, v) for k, v in buffers.items()})
+    out.update({NEXT + k: nxt[k] for k in [*params, *buffers, *state]})  # in the order of the inputs
     data = [*DATA_INPUTS, *([WEIGHTS] if WEIGHTS in ops.values else [])]
-    inputs = [ops.values[n] for n in data] + list(params.values()) + list(state.values())
+    inputs = [ops.values[n] for n in data] + list(params.values()) + list(buffers.values()) + list(state.values())
     g_ = ops.g
     for name, v in out.items():
         g_.nodes.append(helper.make_node("Identity", [g_.materialize(v)], [name], name=f"output_{name}"))
