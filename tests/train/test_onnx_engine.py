@@ -90,6 +90,17 @@ def test_onnxruntime_engine_trains_the_weights_the_torch_engine_trains(tmp_path:
             assert ra["test/HBox()/safe"] == pytest.approx(rb["test/HBox()/safe"], abs=0.02)
 
 
+def test_crown_ibp_training_runs_the_same_under_both_engines(tmp_path: Path) -> None:
+    """CROWN-IBP's objective (scheduled β and κ) through a conv layer: back-substitution in the step graph."""
+    text = spec("sgd", "CROWN_IBP(beta=Lin(1, 0, 2, 1), kappa=Lin(1, 0.5, 2))").replace(
+        "Flatten() Linear(24) ReLU() CorrelateAll(only_train=false)",
+        "Conv2d(4, kernel=3, stride=2) ReLU() Flatten() Linear(24) ReLU()")
+    ort = run(tmp_path, text, "onnxruntime", "ort")
+    ref = run(tmp_path, text, "torch", "torch")
+    close(dict(ort.net.state_dict()), dict(ref.net.state_dict()))
+    assert moved(ort, text) > 1e-2
+
+
 @pytest.mark.parametrize("first, then", [("onnxruntime", "torch"), ("torch", "onnxruntime")])
 def test_a_checkpoint_of_one_engine_resumes_under_the_other(tmp_path: Path, first: str, then: str) -> None:
     text = spec("adam")

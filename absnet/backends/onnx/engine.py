@@ -2,14 +2,15 @@
 
 The trainer (``absnet/train/loop.py``) keeps the loop — data, ε and learning-rate schedules, random
 streams, tests, checkpoints — and hands each batch to :class:`OnnxEngine`, which feeds it, ε, the
-learning rate and the goal's weights now (a Mix/LinMix's schedules, :func:`leaf_weights`) to the
+learning rate and the goal's weights now (a Mix/LinMix's schedules, :func:`goal_inputs`) to the
 graph of :func:`export_train_step` in onnxruntime. The graph's parameters and optimiser state live
 in the engine between steps; :meth:`OnnxEngine.sync` writes them into the trainer's torch network and
 ``torch.optim`` optimiser at epoch ends and before every checkpoint, in torch's own state layout,
 so tests run on the trained weights and a checkpoint resumes under either engine.
 
-What the graph supports is what :func:`export_train_step` supports (Point, the Box/HBox/Z family
-and their DList/Mix/LinMix combinations; SGD, Adam, AdamW; ``grad_clip``); anything else is E502
+What the graph supports is what :func:`export_train_step` supports (Point, the Box/HBox/Z family,
+the linear-bound goals such as CROWN_IBP, and their DList/Mix/LinMix combinations; SGD, Adam,
+AdamW; ``grad_clip``); anything else is E502
 before the first step. BatchNorm's running statistics are graph inputs and outputs: they move on
 the clean forward of each step, as under the torch engine.
 """
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from absnet.backends.onnx.export import graph_stats
-from absnet.backends.onnx.train_step import OnnxTrainer, export_train_step, leaf_weights
+from absnet.backends.onnx.train_step import OnnxTrainer, export_train_step, goal_inputs
 from absnet.diagnostics import AbsnetError, Diagnostic
 
 _OPTIMIZERS = {"SGD": "sgd", "Adam": "adam", "AdamW": "adamw"}
@@ -71,10 +72,10 @@ class OnnxEngine:
     def step(self, ctx: Any, x: torch.Tensor, y: torch.Tensor, lr: float,
              check: Callable[[float], None]) -> tuple[float, int]:
         tr = self.trainer
-        weights = leaf_weights(self.goal, ctx) if tr.leaves else None
+        extra = goal_inputs(self.goal, ctx) if tr.goal_inputs else None
         before = dict(tr.state)
         loss = tr.step(x.detach().cpu().numpy(), y.detach().cpu().numpy(), lr=lr, epsilon=float(ctx.epsilon),
-                       weights=weights)
+                       goal=extra)
         if not math.isfinite(loss):
             tr.state = before  # the update computed from a non-finite loss is dropped
             check(loss)

@@ -215,7 +215,16 @@ def _matmul(ops, xs, ys, gs, attrs, need):
     a, b = xs
     g = gs[0]
     if len(a.shape) < 2 or len(b.shape) < 2:
-        raise StagingError("no VJP rule for MatMul of a vector")
+        # a vector operand is a one-row (a) or one-column (b) matrix; the result lacks that axis
+        a2 = ops.reshape(a, (1, *a.shape)) if len(a.shape) < 2 else a
+        b2 = ops.reshape(b, (*b.shape, 1)) if len(b.shape) < 2 else b
+        full = list(g.shape)
+        if len(a.shape) < 2:
+            full.insert(len(full) - (1 if len(b.shape) >= 2 else 0), 1)
+        if len(b.shape) < 2:
+            full.append(1)
+        ga, gb = _matmul(ops, [a2, b2], ys, [ops.reshape(g, full)], attrs, need)
+        return [None if ga is None else ops.reshape(ga, a.shape), None if gb is None else ops.reshape(gb, b.shape)]
     ga = unbroadcast(ops, ops.matmul(g, _swap(ops, b)), a.shape) if need[0] else None
     gb = None
     if need[1]:
@@ -248,6 +257,25 @@ def _conv(ops, xs, ys, gs, attrs, need):
     gw = _conv_weight_grad(ops, x, g, s, p, d, k, groups) if need[1] else None
     gb = ops.sum(g, [0, 2, 3]) if len(xs) > 2 and need[2] else None
     return [gx, gw, gb]
+
+
+@vjp("ConvTranspose")
+def _conv_transpose(ops, xs, ys, gs, attrs, need):
+    # ConvTranspose(x, w) is the adjoint of Conv(·, w): ⟨g, Convᵀ(x)⟩ = ⟨Conv(g), x⟩. So dx is Conv(g, w)
+    # with the same attributes, and dw is Conv's weight gradient with g as its input and x as its output's
+    x, w = xs[0], xs[1]
+    g = gs[0]
+    groups = int(attrs.get("group", 1))
+    s, d = list(attrs["strides"]), list(attrs["dilations"])
+    p = list(attrs["pads"])[:2]
+    if list(attrs["pads"])[2:] != p or len(xs) > 2:
+        raise StagingError("no VJP rule for a ConvTranspose with asymmetric pads or a bias")
+    k = [int(v) for v in w.shape[2:]]
+    gx = ops.conv(g, w, None, s, p, d, groups) if need[0] else None
+    if gx is not None and tuple(gx.shape[2:]) != tuple(x.shape[2:]):
+        raise StagingError(f"ConvTranspose output padding {attrs.get('output_padding')} is not below the stride")
+    gw = _conv_weight_grad(ops, g, x, s, p, d, k, groups) if need[1] else None
+    return [gx, gw]
 
 
 def _conv_weight_grad(ops: TrainOps, x: Value, g: Value, s: list[int], p: list[int], d: list[int],

@@ -4,7 +4,8 @@ The step is θ' = update(θ, s, ∇_θ L(θ; x, y, ε)), with L the batch mean o
 loss (``absnet.goals``: cross-entropy for ``Point()``; the HBox-family loss of the abstract output
 for ``Box()``, ``HBox()``, ``ZNIPS()``, …; a DList/Mix/LinMix sums its members' losses weighted by
 the graph input ``goal_weights``, which the caller evaluates from the goal's schedules at each step,
-:func:`leaf_weights`), computed by the same rules, training-mode plan and loss
+:func:`goal_inputs`; the linear-bound goals' CE(−lb, y), with CROWN_IBP's κ as leaf weights and a
+scheduled β as the input ``goal_betas``), computed by the same rules, training-mode plan and loss
 functions (``goals/losses.py``, facade-based) as the torch backend, staged with
 :class:`~absnet.backends.onnx.grad.TrainOps`. Parameters are graph *inputs*, so nothing that depends
 on them is constant-folded; ∇_θ L is reverse mode over the recorded nodes (``grad.py``).
@@ -21,10 +22,12 @@ Optimisers (torch.optim semantics, weight_decay λ, g ← ∇ + λθ):
 
 I/O contract (opset 17, batch axis N dynamic): inputs ``input`` (N, *shape) float32, ``label`` (N,)
 int64, ``epsilon`` () float32 (unused by Point), ``lr`` () float32, for combinations
-``goal_weights`` (L,) float32, then every parameter by its ``state_dict`` key and every state
-tensor; outputs ``loss`` () and ``next.<name>`` for every parameter and state input (feed them
-back as ``<name>``), with ``gradients_out=True`` also ``grad.<param>``, with ``correct=True`` also
-``correct`` () int64 (examples the clean forward in training mode classifies right).
+``goal_weights`` (L,) float32, for CROWN_IBP goals with a scheduled β ``goal_betas`` (B,), then
+every parameter by its ``state_dict`` key and every state tensor; outputs ``loss`` () and
+``next.<name>`` for every parameter and state input (feed them back as ``<name>``), with
+``gradients_out=True`` also ``grad.<param>``, with ``correct=True`` also ``correct`` () int64
+(examples the clean forward in training mode classifies right) and BatchNorm running statistics
+as inputs with their ``next.*`` outputs.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ from absnet.backends.onnx.export import DEFAULT_OPSET, graph_stats, label_onehot
 from absnet.backends.onnx.grad import TrainOps, gradients
 from absnet.diagnostics import AbsnetError, Diagnostic
 from absnet.goals.abstract import AbstractGoal
-from absnet.goals.base import Goal, GoalContext
+from absnet.goals.base import Goal, GoalContext, value_of
 from absnet.goals.combinators import DList
+from absnet.goals.linear import BETA_SKIP, CrownIbpGoal, LinearGoal, ibp_margin_lower, margin_cross_entropy
 from absnet.goals.losses import abstract_loss, point_cross_entropy
 from absnet.goals.regions import PointGoal
 from absnet.goals.schedules import Const, Schedule
@@ -56,6 +60,9 @@ from absnet.transformers import margins as M
 NEXT = "next."
 DATA_INPUTS = ("input", "label", "epsilon", "lr")
 WEIGHTS = "goal_weights"  # (L,) input of combinations: the weight of each of goal_leaves(goal) now
+BETAS = "goal_betas"  # (B,) input: β of each CROWN_IBP leaf whose β is a schedule
+GOAL_INPUTS = (WEIGHTS, BETAS)
+CLEAN = PointGoal("Point")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -125,25 +132,77 @@ def _parameters(net: Any, ops: TrainOps, running: bool) -> tuple[dict[str, dict[
 
 
 def goal_leaves(goal: Goal) -> list[Goal]:
-    """The goals whose losses a training-step graph sums: a DList's (Mix, LinMix) members, flattened."""
+    """The goals whose losses a training-step graph sums: a DList's (Mix, LinMix) members, flattened;
+    CROWN_IBP(kappa=κ) is the clean point (weight κ) and its region (weight 1 − κ)."""
     if isinstance(goal, DList):
         return [leaf for g, _ in goal.pairs for leaf in goal_leaves(g)]
+    if isinstance(goal, CrownIbpGoal):
+        return [CLEAN, goal]
     return [goal]
 
 
-def leaf_weights(goal: Goal, ctx: GoalContext) -> list[float]:
-    """The weight of each of :func:`goal_leaves` at ``ctx``'s time, as ``DList.terms`` weighs them
-    (schedules evaluated in the same order on ``ctx.rng``; a member weighing 0 now is not evaluated)."""
+def _weights(goal: Goal, ctx: GoalContext) -> list[float]:
+    if isinstance(goal, CrownIbpGoal):
+        kappa = value_of(goal.kappa, ctx)
+        assert kappa is not None
+        return [kappa, 1.0 - kappa]
     if not isinstance(goal, DList):
         return [1.0]
     out: list[float] = []
     for (g, _), w in zip(goal.pairs, goal.weights(ctx)):
-        out.extend(w * v for v in leaf_weights(g, ctx)) if w > 0 else out.extend(0.0 for _ in goal_leaves(g))
+        out.extend(w * v for v in _weights(g, ctx)) if w > 0 else out.extend(0.0 for _ in goal_leaves(g))
     return out
 
 
+def _betas(goal: Goal) -> list[CrownIbpGoal]:
+    """The CROWN_IBP leaves whose β is a schedule (a graph input); a constant β is part of the graph."""
+    return [g for g in goal_leaves(goal) if isinstance(g, CrownIbpGoal) and not isinstance(g.beta, Const)]
+
+
+def goal_inputs(goal: Goal, ctx: GoalContext) -> dict[str, np.ndarray]:
+    """What a step graph of ``goal`` takes besides the batch, ε and lr, at ``ctx``'s time: the weight
+    of each of :func:`goal_leaves` (``goal_weights``, as ``DList.terms`` and CROWN_IBP's κ weigh
+    them, schedules evaluated in the same order on ``ctx.rng``; a member weighing 0 now is not
+    evaluated) and the β of each CROWN_IBP with a scheduled β (``goal_betas``)."""
+    out = {}
+    if isinstance(goal, DList) or len(goal_leaves(goal)) > 1:
+        out[WEIGHTS] = np.asarray(_weights(goal, ctx), np.float32)
+    betas = _betas(goal)
+    if betas:
+        out[BETAS] = np.asarray([value_of(g.beta, ctx) for g in betas], np.float32)
+    return out
+
+
+def _linear_leaf(net: Any, goal: LinearGoal, ops: TrainOps, params: Mapping[str, Mapping[str, Value]], x: Value,
+                 eps: Value, onehot: Value, betas: dict[int, Value]) -> Value:
+    """CE(−lb, y) of the margin lower bounds over the ε-ball (``goals/linear.py``): the analysis's own
+    for CROWN, DeepPoly, …; for CROWN_IBP β·CROWN-IBP + (1 − β)·IBP with the specification folded
+    in. At ε = 0 every bound is exact, so this equals the clean cross-entropy torch uses there."""
+    if goal.w is not None:
+        raise _error(f"{goal} sets its own width w: a training-step graph takes the width as its epsilon input",
+                     help=f"export {goal.name}() and feed epsilon")
+    if goal.analysis.alpha_iters or goal.analysis.proj:
+        raise _error(f"{goal} optimises or samples its bounds: it trains in the torch backend only",
+                     help="train with CROWN_IBP(), CROWN() or IBP-style goals here")
+    lo, hi = M.input_bounds(ops, x, eps, *net.input_range)
+    out = _propagate(net, M.abstract_input(ops, lo, hi, goal.analysis), goal.analysis, ops, params)
+    if not isinstance(goal, CrownIbpGoal):
+        return margin_cross_entropy(ops, M.margin_lower(ops, out, onehot), onehot)
+    beta: Any = betas.get(id(goal))
+    if beta is None:
+        beta = goal.beta.value(0.0)
+        if beta < BETA_SKIP:
+            return margin_cross_entropy(ops, ibp_margin_lower(ops, out, onehot), onehot)
+        if beta > 1 - BETA_SKIP:
+            return margin_cross_entropy(ops, M.margin_lower(ops, out, onehot), onehot)
+    crown, ibp = M.margin_lower(ops, out, onehot), ibp_margin_lower(ops, out, onehot)
+    mixed = ops.add(ops.mul(beta, crown), ops.mul(ops.sub(1.0, beta), ibp))
+    return margin_cross_entropy(ops, mixed, onehot)
+
+
 def _leaf_loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str, Value]], x: Value,
-               eps: Value, onehot: Value, logits: dict[str, Value], stats: dict[str, Value] | None) -> Value:
+               eps: Value, onehot: Value, logits: dict[str, Value], stats: dict[str, Value] | None,
+               betas: dict[int, Value]) -> Value:
     """The per-example loss (N,) of one leaf goal. The first clean forward's logits are kept in
     ``logits`` and its running statistics in ``stats`` (if not None)."""
     if isinstance(goal, PointGoal) and goal.name == "Point":
@@ -151,6 +210,8 @@ def _leaf_loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping
         out = _propagate(net, x, net.analysis("Point()"), ops, params, stats if first else None)
         logits.setdefault("point", out)
         return point_cross_entropy(ops, out, onehot)
+    if isinstance(goal, LinearGoal):
+        return _linear_leaf(net, goal, ops, params, x, eps, onehot, betas)
     if isinstance(goal, AbstractGoal):
         if goal.w is not None:
             raise _error(f"{goal} sets its own width w: a training-step graph takes the width as its epsilon input",
@@ -161,7 +222,8 @@ def _leaf_loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping
                              tot_weight=_number(goal.tot_weight, "tot_weight"),  # type: ignore[arg-type]
                              width_weight=_number(goal.width_weight, "width_weight"))  # type: ignore[arg-type]
     raise _error(f"{goal} has no training-step graph yet: supported are Point(), the abstract goals (Box, HBox, "
-                 "HSwitch, HSmooth, HNIPS, ZBox, ZSwitch, ZNIPS, ZSmooth) and their DList/Mix/LinMix combinations",
+                 "HSwitch, HSmooth, HNIPS, ZBox, ZSwitch, ZNIPS, ZSmooth), the linear-bound goals (CROWN_IBP, "
+                 "CROWN, DeepPoly, FastLin, …) and their DList/Mix/LinMix combinations",
                  help="train this goal with absc train (torch)")
 
 
@@ -180,9 +242,12 @@ def _loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str,
     _, onehot = label_onehot(ops, label, classes, np.float32)
     leaves = goal_leaves(goal)
     logits: dict[str, Value] = {}
-    per = [_leaf_loss(net, leaf, ops, params, x, eps, onehot, logits, stats) for leaf in leaves]
+    scheduled = _betas(goal)
+    beta_in = ops.input(BETAS, (len(scheduled),), batched=False) if scheduled else None
+    betas = {id(g): ops.reshape(ops.slice(beta_in, 0, i, i + 1), ()) for i, g in enumerate(scheduled)}
+    per = [_leaf_loss(net, leaf, ops, params, x, eps, onehot, logits, stats, betas) for leaf in leaves]
     total = per[0]
-    if isinstance(goal, DList):
+    if isinstance(goal, DList) or len(leaves) > 1:
         weights = ops.input(WEIGHTS, (len(leaves),), batched=False)
         total = None
         for i, p in enumerate(per):
@@ -305,7 +370,7 @@ def export_train_step(net: Any, path: str | Path | None = None, goal: Goal | str
             nxt[name] = _adam(ops, p, g, name, betas, eps, scalars, state, nxt)  # type: ignore[arg-type]
     nxt.update({k: (stats or {}).get(k, v) for k, v in buffers.items()})
     out.update({NEXT + k: nxt[k] for k in [*params, *buffers, *state]})  # in the order of the inputs
-    data = [*DATA_INPUTS, *([WEIGHTS] if WEIGHTS in ops.values else [])]
+    data = [*DATA_INPUTS, *(n for n in GOAL_INPUTS if n in ops.values)]
     inputs = [ops.values[n] for n in data] + list(params.values()) + list(buffers.values()) + list(state.values())
     g_ = ops.g
     for name, v in out.items():
@@ -353,7 +418,7 @@ class OnnxTrainer:
         sd = net.state_dict()
         self.state: dict[str, np.ndarray] = {}
         for i in model.graph.input:
-            if i.name in DATA_INPUTS or i.name == WEIGHTS:
+            if i.name in DATA_INPUTS or i.name in GOAL_INPUTS:
                 continue
             if i.name in sd:
                 self.state[i.name] = sd[i.name].detach().cpu().float().numpy().copy()
@@ -361,18 +426,23 @@ class OnnxTrainer:
                 dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
                 self.state[i.name] = np.zeros(dims, np.float32)
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.leaves = sum(i.type.tensor_type.shape.dim[0].dim_value for i in model.graph.input if i.name == WEIGHTS)
+        self.goal_inputs = {i.name: i.type.tensor_type.shape.dim[0].dim_value for i in model.graph.input
+                            if i.name in GOAL_INPUTS}
         self.last: dict[str, np.ndarray] = {}
 
-    def step(self, x: Any, y: Any, lr: float, epsilon: float = 0.0, weights: Any = None) -> float:
-        """One training step on the batch ``(x, y)``; returns the loss before the update. A
-        combination's graph takes the weights of its leaves now (:func:`leaf_weights`)."""
+    def step(self, x: Any, y: Any, lr: float, epsilon: float = 0.0, goal: Mapping[str, Any] | None = None) -> float:
+        """One training step on the batch ``(x, y)``; returns the loss before the update. A graph
+        with goal inputs (``goal_weights``, ``goal_betas``) takes them in ``goal``
+        (:func:`goal_inputs` at the step's time)."""
         feeds = {"input": np.asarray(x, np.float32), "label": np.asarray(y, np.int64),
                  "epsilon": np.array(epsilon, np.float32), "lr": np.array(lr, np.float32), **self.state}
-        if self.leaves:
-            if weights is None or len(weights) != self.leaves:
-                raise ValueError(f"this step graph combines {self.leaves} goals: pass their {self.leaves} weights")
-            feeds[WEIGHTS] = np.asarray(weights, np.float32)
+        given = dict(goal or {})
+        for name, n in self.goal_inputs.items():
+            if name not in given or np.shape(given[name]) != (n,):
+                raise ValueError(f"this step graph takes {name} ({n} values): pass goal=goal_inputs(goal, ctx)")
+            feeds[name] = np.asarray(given.pop(name), np.float32)
+        if given:
+            raise ValueError(f"this step graph has no input {', '.join(given)}")
         res = dict(zip(self.outputs, self.session.run(self.outputs, feeds), strict=True))
         for name in self.state:
             self.state[name] = res[NEXT + name]
@@ -409,8 +479,8 @@ def compile_train_target(net: Any, out_path: str | Path, goal: Goal | str = "Box
     x = low + (high - low) * torch.rand((2, *net.input_shape), generator=g)
     y = torch.randint(0, int(net.output_shape[0]), (2,), generator=g)
     trainer = OnnxTrainer(export_train_step(net, goal=goal, optimizer=optimizer, gradients_out=True), net)
-    weights = leaf_weights(_goal(goal), GoalContext(net, 0.0, eps, random.Random(seed), torch.Generator()))
-    loss = trainer.step(x.numpy(), y.numpy(), lr=0.0, epsilon=eps, weights=weights)
+    extra = goal_inputs(_goal(goal), GoalContext(net, 0.0, eps, random.Random(seed), torch.Generator()))
+    loss = trainer.step(x.numpy(), y.numpy(), lr=0.0, epsilon=eps, goal=extra)
     was, buffers = net.training, net.update_buffers
     net.train()
     net.update_buffers = False
