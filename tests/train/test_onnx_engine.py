@@ -101,6 +101,15 @@ def test_crown_ibp_training_runs_the_same_under_both_engines(tmp_path: Path) -> 
     assert moved(ort, text) > 1e-2
 
 
+def test_adversarial_training_runs_the_same_under_both_engines(tmp_path: Path) -> None:
+    """PGD inside the step graph (unrolled sign steps, input gradients by the graph's reverse mode)."""
+    text = spec("adam", "LinMix(a=PGD(k=3), b=Box(), bw=Lin(0, 0.5, 2, 1))")
+    ort = run(tmp_path, text, "onnxruntime", "ort", "epochs=2")
+    ref = run(tmp_path, text, "torch", "torch", "epochs=2")
+    close(dict(ort.net.state_dict()), dict(ref.net.state_dict()), 1e-3)
+    assert moved(ort, text) > 1e-2
+
+
 @pytest.mark.parametrize("first, then", [("onnxruntime", "torch"), ("torch", "onnxruntime")])
 def test_a_checkpoint_of_one_engine_resumes_under_the_other(tmp_path: Path, first: str, then: str) -> None:
     text = spec("adam")
@@ -123,7 +132,7 @@ def test_absc_train_engine_onnxruntime_from_the_command_line(tmp_path: Path, cap
 
 
 @pytest.mark.parametrize("change, message", [
-    (("goal=LinMix(a=Point(), b=PGD(k=2), bw=0.5)",), "has no training-step graph"),
+    (("goal=LinMix(a=Point(), b=PGD(k=2, restart=1), bw=0.5)",), "restarts from random points"),
     (("optimizer=SGD(lr=0.1)", "goal=InSamp(0.5)"), "has no training-step graph"),
 ])
 def test_what_the_step_graph_cannot_do_is_an_e502_before_training(tmp_path: Path, change: tuple[str, ...],

@@ -49,6 +49,7 @@ from absnet.backends.onnx.export import DEFAULT_OPSET, graph_stats, label_onehot
 from absnet.backends.onnx.grad import TrainOps, gradients
 from absnet.diagnostics import AbsnetError, Diagnostic
 from absnet.goals.abstract import AbstractGoal
+from absnet.goals.attacks import Attack
 from absnet.goals.base import Goal, GoalContext, value_of
 from absnet.goals.combinators import DList
 from absnet.goals.linear import BETA_SKIP, CrownIbpGoal, LinearGoal, ibp_margin_lower, margin_cross_entropy
@@ -200,8 +201,45 @@ def _linear_leaf(net: Any, goal: LinearGoal, ops: TrainOps, params: Mapping[str,
     return margin_cross_entropy(ops, mixed, onehot)
 
 
+def _attack(net: Any, goal: Attack, ops: TrainOps, params: Mapping[str, Mapping[str, Value]], x: Value, eps: Value,
+            label: Value, onehot: Value) -> Value:
+    """``goals/attacks.attack`` unrolled: k sign steps of size r·ε/k on the cross-entropy's input gradient
+    (each by reverse mode over that iteration's forward), momentum μ with per-example L1 normalisation,
+    projection onto the ε-ball and the input range, examples stopping once misclassified
+    (``should_end``). The result is detached, as torch's: no gradient flows through the attack."""
+    if goal.w is not None:
+        raise _error(f"{goal} sets its own width w: a training-step graph takes the width as its epsilon input",
+                     help=f"export {goal.name}() and feed epsilon")
+    if goal.restart:
+        raise _error(f"{goal} restarts from random points: a training-step graph has no torch random stream",
+                     help=f"use {goal.name}() without restart=, or train with --engine torch")
+    lo, hi = net.input_range
+    n = len(x.shape)
+    unit = (-1,) + (1,) * (n - 1)
+    step = ops.mul(eps, goal.r / goal.k)
+    low, high = ops.sub(x, eps), ops.add(x, eps)
+    point = net.analysis("Point()")
+    xa, g, active = x, None, None
+    for _ in range(goal.k):
+        xv = ops.detach(xa)
+        logits = _propagate(net, xv, point, ops, params)
+        (grad,) = gradients(ops, ops.sum(point_cross_entropy(ops, logits, onehot), [0]), [xv])
+        norm = ops.reshape(ops.sum(ops.abs(grad), list(range(1, n))), unit)
+        scaled = ops.div(grad, ops.where(ops.greater(norm, 0.0), norm, 1.0))
+        g = scaled if g is None or goal.mu == 0 else ops.add(ops.mul(g, goal.mu), scaled)
+        move = ops.mul(step, ops.where(ops.greater(ops.neg(g), 0.0), -1.0, 1.0))  # sgn⁺(0) = +1
+        if goal.should_end:
+            best = ops.emit("ArgMax", [logits], (logits.shape[0],), np.int64, axis=1, keepdims=0)
+            right = ops.emit("Equal", [best, label], best.shape, np.bool_)
+            active = right if active is None else ops.emit("And", [active, right], right.shape, np.bool_)
+            move = ops.where(ops.reshape(active, unit), move, 0.0)
+        xa = ops.add(xa, move)
+        xa = ops.minimum(ops.maximum(ops.minimum(ops.maximum(xa, low), high), lo), hi)
+    return ops.detach(xa)
+
+
 def _leaf_loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str, Value]], x: Value,
-               eps: Value, onehot: Value, logits: dict[str, Value], stats: dict[str, Value] | None,
+               eps: Value, label: Value, onehot: Value, logits: dict[str, Value], stats: dict[str, Value] | None,
                betas: dict[int, Value]) -> Value:
     """The per-example loss (N,) of one leaf goal. The first clean forward's logits are kept in
     ``logits`` and its running statistics in ``stats`` (if not None)."""
@@ -212,6 +250,9 @@ def _leaf_loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping
         return point_cross_entropy(ops, out, onehot)
     if isinstance(goal, LinearGoal):
         return _linear_leaf(net, goal, ops, params, x, eps, onehot, betas)
+    if isinstance(goal, Attack):
+        xa = _attack(net, goal, ops, params, x, eps, label, onehot)
+        return point_cross_entropy(ops, _propagate(net, xa, net.analysis("Point()"), ops, params), onehot)
     if isinstance(goal, AbstractGoal):
         if goal.w is not None:
             raise _error(f"{goal} sets its own width w: a training-step graph takes the width as its epsilon input",
@@ -223,7 +264,8 @@ def _leaf_loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping
                              width_weight=_number(goal.width_weight, "width_weight"))  # type: ignore[arg-type]
     raise _error(f"{goal} has no training-step graph yet: supported are Point(), the abstract goals (Box, HBox, "
                  "HSwitch, HSmooth, HNIPS, ZBox, ZSwitch, ZNIPS, ZSmooth), the linear-bound goals (CROWN_IBP, "
-                 "CROWN, DeepPoly, FastLin, …) and their DList/Mix/LinMix combinations",
+                 "CROWN, DeepPoly, FastLin, …), the attacks without restarts (PGD, MI_FGSM, IFGSM, FGSM) and "
+                 "their DList/Mix/LinMix combinations",
                  help="train this goal with absc train (torch)")
 
 
@@ -245,7 +287,7 @@ def _loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str,
     scheduled = _betas(goal)
     beta_in = ops.input(BETAS, (len(scheduled),), batched=False) if scheduled else None
     betas = {id(g): ops.reshape(ops.slice(beta_in, 0, i, i + 1), ()) for i, g in enumerate(scheduled)}
-    per = [_leaf_loss(net, leaf, ops, params, x, eps, onehot, logits, stats, betas) for leaf in leaves]
+    per = [_leaf_loss(net, leaf, ops, params, x, eps, label, onehot, logits, stats, betas) for leaf in leaves]
     total = per[0]
     if isinstance(goal, DList) or len(leaves) > 1:
         weights = ops.input(WEIGHTS, (len(leaves),), batched=False)

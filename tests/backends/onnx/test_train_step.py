@@ -277,9 +277,13 @@ def test_step_runs_in_the_reference_evaluator_like_onnxruntime() -> None:
     ("CROWN_IBP(beta=0)", 0.0),  # IBP with the specification folded into the last layer, no CROWN pass
     ("CROWN()", 0.0),
     ("LinMix(a=Point(), b=DeepPoly(), bw=0.4)", 0.0),
+    ("PGD(k=3)", 0.0),  # unrolled: each step's input gradient by reverse mode inside the graph
+    ("LinMix(a=MI_FGSM(k=3, r=2), b=Box(), bw=0.5)", 0.0),
+    ("FGSM(should_end=false)", 0.0),
 ])
-def test_linear_goal_steps_match_torch(goal: str, time: float, one_thread: None) -> None:
-    """Five SGD steps of the linear-bound goals through conv layers (ConvTranspose and vector-MatMul VJPs)."""
+def test_linear_and_attack_goal_steps_match_torch(goal: str, time: float, one_thread: None) -> None:
+    """Five SGD steps of the linear-bound goals through conv layers (ConvTranspose and vector-MatMul
+    VJPs) and of the attacks (their sign steps unrolled in the graph)."""
     from absnet.backends.onnx.train_step import goal_inputs
 
     net = absnet.compile_source(SRC)
@@ -309,7 +313,8 @@ def test_linear_goal_steps_match_torch(goal: str, time: float, one_thread: None)
 
 def test_unsupported_goal_is_an_e502() -> None:
     net = absnet.compile_source(SRC)
-    for goal in ("PGD(k=2)", "AlphaCROWN()", "Box(w=0.1)", "Coin(Point(), Box())", "CROWN_IBP(w=0.1)"):
+    for goal in ("PGD(k=2, restart=1)", "AlphaCROWN()", "Box(w=0.1)", "Coin(Point(), Box())", "CROWN_IBP(w=0.1)",
+                 "InSamp(0.5)"):
         with pytest.raises(AbsnetError) as e:
             export_train_step(net, goal=goal)
         assert "E502" in str(e.value)
