@@ -238,16 +238,20 @@ def _matmul(ops, xs, ys, gs, attrs, need):
     return [ga, gb]
 
 
+def _conv_args(op: str, attrs: dict, w: Value) -> tuple[list[int], list[int], list[int], list[int], int]:
+    """Strides, pads (one side), dilations, kernel extent and groups of a Conv/ConvTranspose node."""
+    p = list(attrs["pads"])[:2]
+    if list(attrs["pads"])[2:] != p:
+        raise StagingError(f"no VJP rule for a {op} with asymmetric pads")
+    k = [int(v) for v in w.shape[2:]]
+    return list(attrs["strides"]), p, list(attrs["dilations"]), k, int(attrs.get("group", 1))
+
+
 @vjp("Conv")
 def _conv(ops, xs, ys, gs, attrs, need):
     x, w = xs[0], xs[1]
     g = gs[0]
-    groups = int(attrs.get("group", 1))
-    s, d = list(attrs["strides"]), list(attrs["dilations"])
-    p = list(attrs["pads"])[:2]
-    if list(attrs["pads"])[2:] != p:
-        raise StagingError("no VJP rule for a Conv with asymmetric pads")
-    k = [int(v) for v in w.shape[2:]]
+    s, p, d, k, groups = _conv_args("Conv", attrs, w)
     out = [int(v) for v in g.shape[2:]]
     gx = None
     if need[0]:
@@ -265,12 +269,9 @@ def _conv_transpose(ops, xs, ys, gs, attrs, need):
     # with the same attributes, and dw is Conv's weight gradient with g as its input and x as its output's
     x, w = xs[0], xs[1]
     g = gs[0]
-    groups = int(attrs.get("group", 1))
-    s, d = list(attrs["strides"]), list(attrs["dilations"])
-    p = list(attrs["pads"])[:2]
-    if list(attrs["pads"])[2:] != p or len(xs) > 2:
-        raise StagingError("no VJP rule for a ConvTranspose with asymmetric pads or a bias")
-    k = [int(v) for v in w.shape[2:]]
+    if len(xs) > 2:
+        raise StagingError("no VJP rule for a ConvTranspose with a bias")
+    s, p, d, k, groups = _conv_args("ConvTranspose", attrs, w)
     gx = ops.conv(g, w, None, s, p, d, groups) if need[0] else None
     if gx is not None and tuple(gx.shape[2:]) != tuple(x.shape[2:]):
         raise StagingError(f"ConvTranspose output padding {attrs.get('output_padding')} is not below the stride")

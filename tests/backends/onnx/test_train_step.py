@@ -160,6 +160,18 @@ def _torch_train(net: absnet.AbstractNetwork, goal: str, opt: str, lr: float, ep
         o.step()
 
 
+def assert_trained_alike(trainer: OnnxTrainer, ref: absnet.AbstractNetwork, start: absnet.AbstractNetwork) -> None:
+    """The graph-trained parameters equal torch's within TOL, and training moved them (a no-op step
+    would also "match" a no-op reference)."""
+    got = trainer.parameters()
+    moved = 0.0
+    for name, p in ref.named_parameters():
+        scale = float(p.detach().abs().max())
+        assert float((got[name] - p.detach()).abs().max()) <= TOL * scale, name
+        moved = max(moved, float((p.detach() - start.state_dict()[name]).abs().max()) / scale)
+    assert moved > 1e-3
+
+
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 @pytest.mark.parametrize("goal", ["Point()", "Box()", "HBox()", "ZNIPS()"])
 def test_twenty_steps_in_onnxruntime_match_torch_optim(goal: str, opt: str, one_thread: None) -> None:
@@ -171,13 +183,7 @@ def test_twenty_steps_in_onnxruntime_match_torch_optim(goal: str, opt: str, one_
     trainer = OnnxTrainer(model, net, threads=1)
     losses = [trainer.step(x.numpy(), y.numpy(), lr=lr, epsilon=eps) for x, y in _batches(steps)]
     _torch_train(ref, goal, opt, lr, eps, steps)
-    got = trainer.parameters()
-    moved = 0.0
-    for name, p in ref.named_parameters():
-        scale = float(p.detach().abs().max())
-        assert float((got[name] - p.detach()).abs().max()) <= TOL * scale, name
-        moved = max(moved, float((p.detach() - net.state_dict()[name]).abs().max()) / scale)
-    assert moved > 1e-3  # the weights did train (a no-op step would also "match" a no-op reference)
+    assert_trained_alike(trainer, ref, net)
     assert all(np.isfinite(losses))
 
 
@@ -302,13 +308,7 @@ def test_linear_and_attack_goal_steps_match_torch(goal: str, time: float, one_th
         o.zero_grad()
         loss.backward()
         o.step()
-    got = trainer.parameters()
-    moved = 0.0
-    for name, p in ref.named_parameters():
-        scale = float(p.detach().abs().max())
-        assert float((got[name] - p.detach()).abs().max()) <= TOL * scale, name
-        moved = max(moved, float((p.detach() - net.state_dict()[name]).abs().max()) / scale)
-    assert moved > 1e-3  # the weights did train
+    assert_trained_alike(trainer, ref, net)
 
 
 def test_unsupported_goal_is_an_e502() -> None:
