@@ -9,6 +9,9 @@ momentum, ``IFGSM`` is PGD with r = 1 (step w/k), and ``FGSM`` is IFGSM(k=1).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -20,6 +23,7 @@ from absnet.goals.schedules import Schedule, as_schedule
 def attack(
     net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w: Width, *, r: float, k: int, mu: float,
     should_end: bool = True, restart: int | None = None, generator: torch.Generator | None = None,
+    amp: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Maximise the cross-entropy of label ``y`` over the L∞ ball of radius ``w`` around ``x``.
 
@@ -28,7 +32,9 @@ def attack(
     the L1 norm per example; x ← x + (r·w/k)·sgn⁺(g) for active examples; project onto the ball and
     clip to ``net.input_range``. With ``should_end`` an example stops for good once the network
     misclassifies it (measured before the step). Gradients are taken with respect to the input
-    only (parameter ``.grad`` is never touched); the network runs in whatever mode it is in.
+    only (parameter ``.grad`` is never touched); the network runs in whatever mode it is in. With
+    ``amp`` (bfloat16 or float16) each forward and its gradient run under ``torch.autocast``: the
+    attack point itself stays in the input's dtype.
 
     Returns:
         The attack points, detached, inside the ball and the input range.
@@ -46,11 +52,12 @@ def attack(
         if every and i % every == 0:
             start = (x0 + rand_sym_like(generator, x0) * eps).clamp(lo, hi)
             xa = torch.where(active.view(unit), start, xa)
-        with torch.enable_grad():
+        with torch.enable_grad(), autocast(x0.device, amp):
             xv = xa.detach().requires_grad_(True)
             logits = net(xv)
-            loss = F.cross_entropy(logits, y.long(), reduction="sum")
+            loss = F.cross_entropy(logits.float(), y.long(), reduction="sum")
             (grad,) = torch.autograd.grad(loss, xv)
+        grad = grad.to(x0.dtype)
         norm = grad.abs().reshape(grad.shape[0], -1).sum(dim=1).view(unit)
         g = mu * g + grad / torch.where(norm > 0, norm, torch.ones_like(norm))
         if should_end:
@@ -59,6 +66,13 @@ def attack(
         xa = xa + step * sign * active.view(unit).to(x0.dtype)
         xa = torch.minimum(torch.maximum(xa, x0 - eps), x0 + eps).clamp(lo, hi)
     return xa.detach()
+
+
+def autocast(device: torch.device, amp: torch.dtype | None) -> Any:
+    """``torch.autocast`` on ``device`` in ``amp``, or a no-op context when ``amp`` is None."""
+    if amp is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp)
 
 
 def rand_sym_like(generator: torch.Generator | None, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +101,7 @@ class Attack(Goal):
     def point(self, ctx: GoalContext, x: torch.Tensor, y: torch.Tensor, w: Width | None = None) -> torch.Tensor:
         width = resolve_width(self.w, ctx, w)
         return attack(ctx.net, x, y, width, r=self.r, k=self.k, mu=self.mu, should_end=self.should_end,
-                      restart=self.restart, generator=ctx.generator)
+                      restart=self.restart, generator=ctx.generator, amp=ctx.amp)
 
     def terms(self, ctx: GoalContext, x: torch.Tensor, y: torch.Tensor, w: Width | None = None) -> list[Term]:
         return [Term(1.0, self.point(ctx, x, y, w), POINT, self)]
@@ -119,4 +133,4 @@ def fgsm(w: Schedule | float | None = None, should_end: bool = True) -> Attack:
     return Attack("FGSM", w, 1.0, 1, 0.0, should_end, None)
 
 
-__all__ = ["Attack", "attack", "fgsm", "ifgsm", "mi_fgsm", "pgd"]
+__all__ = ["Attack", "attack", "autocast", "fgsm", "ifgsm", "mi_fgsm", "pgd"]

@@ -37,6 +37,9 @@ class GoalContext:
     epsilon: float  # the ambient width now (already evaluated from its schedule)
     rng: random.Random  # python RNG for schedules (Normal) and DProb
     generator: torch.Generator  # CPU torch generator for all tensor randomness of goals
+    #: reduced precision (torch.bfloat16 or torch.float16) for the concrete forwards of attacks, or None;
+    #: abstract passes, whose bounds decide certificates, never use it
+    amp: torch.dtype | None = None
 
 
 @dataclass

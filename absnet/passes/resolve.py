@@ -223,6 +223,10 @@ TRAIN_KEYS: dict[str, TrainKey] = {
     "optimizer": TrainKey(False, "the optimiser, e.g. Adam(lr=0.001) or SGD(lr=0.1, momentum=0.9)"),
     "lr_schedule": TrainKey(False, "the learning-rate schedule, e.g. MultiStep(milestones=[15, 25])"),
     "grad_clip": TrainKey(False, "clip the global gradient norm to this value (default: no clipping)"),
+    "sync_bn": TrainKey(False, "true: BatchNorm's batch statistics are over the global batch of every process "
+                               "(default false: each process's own)"),
+    "accumulate": TrainKey(False, "sum the gradients of n micro-batches (each of data batch) per optimiser step "
+                                  "(default 1)"),
     "epochs": TrainKey(False, "the number of epochs (a positive integer)"),
     "seed": TrainKey(False, "the random seed (an integer)"),
 }
@@ -242,6 +246,8 @@ class TrainSpec:
     seed: int | None = None
     test_every: int | None = None
     grad_clip: float | None = None
+    accumulate: int | None = None
+    sync_bn: bool | None = None
     test_epsilon: float | None = None
 
     @property
@@ -326,13 +332,19 @@ def _train_value(key: str, v: ast.Expr, networks: Mapping[str, ast.NetworkDef], 
         if sched.bounds()[0] < 0:
             raise AbsnetError(Diagnostic("E206", "epsilon must not be negative", v.span))
         out["epsilon"] = sched.c if isinstance(sched, Const) else sched
-    elif key in ("epochs", "seed", "test_every"):
+    elif key in ("epochs", "seed", "test_every", "accumulate"):
         val = evaluate(v, {}, "this train block")
-        low = 1 if key == "epochs" else 0
+        low = 1 if key in ("epochs", "accumulate") else 0
         if isinstance(val, bool) or not isinstance(val, int) or val < low:
-            kind = "a positive integer" if key == "epochs" else "a non-negative integer"
+            kind = "a positive integer" if low else "a non-negative integer"
             msg = f"setting '{key}' expects {kind}, got {describe(val)}"
             raise AbsnetError(Diagnostic("E206", msg, v.span))
+        out[key] = val
+    elif key == "sync_bn":
+        val = evaluate(v, {}, "this train block")
+        if not isinstance(val, bool):
+            raise AbsnetError(Diagnostic("E206", f"setting 'sync_bn' expects true or false, got {describe(val)}",
+                                         v.span))
         out[key] = val
     elif key in ("grad_clip", "test_epsilon"):
         val = evaluate(v, {}, "this train block")

@@ -22,6 +22,7 @@ def _overrides(a: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from absnet.train import distributed
     from absnet.train.config import build_config
     from absnet.train.evaluate import format_table
     from absnet.train.loop import Interrupted, Trainer, TrainOptions
@@ -33,34 +34,42 @@ def cmd_train(a: argparse.Namespace) -> int:
             stored = json.loads(resolved.read_text()).get("overrides", [])
             overrides = [o for o in stored if not o.startswith("epochs=")] + overrides
     cfg = build_config(read_source(a.spec), a.train, file=a.spec, overrides=overrides)
-    opts = TrainOptions(out=Path(a.out), resume=Path(a.resume) if a.resume else None, device=a.device,
-                        engine=a.engine, deterministic=a.deterministic, data_dir=a.data_dir, download=not a.offline,
+    if getattr(a, "nproc", None) not in (None, 1):  # the spec is fine: start the workers, each runs this command again
+        return distributed.launch_command(a)
+    job, device = distributed.init_from_env(a.device)
+    opts = TrainOptions(out=Path(a.out), resume=Path(a.resume) if a.resume else None, device=device,
+                        engine=a.engine, amp=a.amp, deterministic=a.deterministic, data_dir=a.data_dir,
+                        download=not a.offline,
                         progress=False if a.no_progress else None, plots=not a.no_plots)
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
+    distributed.set_threads(a.threads, device)
     trainer = Trainer(cfg, opts)
     try:
         summary = trainer.run_all()
     except Interrupted as e:
-        print(f"absc: interrupted; resume with: absc train {a.spec} --resume {e.run_dir}", file=sys.stderr)
+        if job.is_main:
+            print(f"absc: interrupted; resume with: absc train {a.spec} --resume {e.run_dir}", file=sys.stderr)
         return 130
+    if not job.is_main:
+        return 0
     reports = getattr(trainer, "last_reports", [])
     print(f"run: {summary['run_dir']}")
     if reports:
         print(f"{cfg.name}: {cfg.network} on {cfg.data.name}, {trainer.epoch} epochs, goal {cfg.goal}")
         print(format_table(reports))
+        if trainer.amp is not None:
+            p = trainer.precision
+            print(f"precision: training attacks and clean forwards in {p['attacks_and_clean_forward']}; training "
+                  f"losses and every bound above (certificates, tests) in {p['bounds_and_training_loss']}")
     return 0
 
 
 def cmd_test(a: argparse.Namespace) -> int:
-    import torch
-
     from absnet.data import Loader
     from absnet.goals.catalog import check_test_goal, parse_goal
+    from absnet.train import distributed
     from absnet.train.config import build_config
     from absnet.train.evaluate import evaluate, format_table
+    from absnet.train.loop import derive_seed
 
     cfg = build_config(read_source(a.spec), a.train, file=a.spec, overrides=_overrides(a))
     tests = cfg.tests
@@ -70,21 +79,27 @@ def cmd_test(a: argparse.Namespace) -> int:
             g = parse_goal(text)
             check_test_goal(g, None)
             tests.append(g)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    net, meta, split = load_for_test(cfg, a.checkpoint, device=a.device, data_dir=a.data_dir, offline=a.offline)
-    loader = Loader(split, cfg.data.test_batch, shuffle=False, limit=cfg.data.test_size, device=a.device)
+    if getattr(a, "nproc", None) not in (None, 1):  # the spec and goals are fine: start the workers
+        return distributed.launch_command(a)
+    job, device = distributed.init_from_env(a.device)
+    distributed.set_threads(a.threads, device)
+    net, meta, split = load_for_test(cfg, a.checkpoint, device=device, data_dir=a.data_dir, offline=a.offline)
+    loader = Loader(split, cfg.data.test_batch * job.world, shuffle=False, limit=cfg.data.test_size, device=device,
+                    rank=job.rank, world=job.world)  # each rank evaluates its part of every batch
     eps = a.epsilon if a.epsilon is not None else cfg.test_epsilon
     time_ = float(meta.get("time", meta.get("epoch", 0)) or 0)
-    show = not a.no_progress and sys.stderr.isatty()
+    show = not a.no_progress and sys.stderr.isatty() and job.is_main
 
     def progress(goal: str, done: int) -> None:
         if show:
             print(f"\r{goal}: {done}/{len(split) if cfg.data.test_size is None else cfg.data.test_size}",
                   end="", file=sys.stderr, flush=True)
 
-    reports = evaluate(net, tests, lambda: loader.epoch(), epsilon=eps, time_=time_, seed=cfg.seed,
-                       progress=progress)
+    seed = cfg.seed if job.rank == 0 else derive_seed(cfg.seed, 0, distributed.rank_stream("test", job.rank))
+    reports = evaluate(net, tests, lambda: loader.epoch(), epsilon=eps, time_=time_, seed=seed,
+                       progress=progress, gather=job.enabled)
+    if not job.is_main:
+        return 0
     if show:
         print(file=sys.stderr)
     print(f"{cfg.network} on {cfg.data.name} test ({reports[0].n if reports else 0} images), checkpoint "
@@ -136,7 +151,10 @@ def add_parsers(sub: Any) -> None:
         s.add_argument("--data-dir", help="folder with the dataset files (default: $ABSNET_DATA, then the cache)")
         s.add_argument("--offline", action="store_true", help="never download datasets")
         s.add_argument("--test-size", type=int, help="evaluate on the first N test images")
-        s.add_argument("--threads", type=int, help="torch CPU threads")
+        s.add_argument("--threads", type=int, help="torch CPU threads (per process)")
+        s.add_argument("--nproc", type=int, metavar="N",
+                       help="run N local processes (torch.distributed: gloo on CPU, NCCL with --device cuda, one GPU "
+                            "each); under torchrun leave it out")
         s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("train", help="train a network as a train block says (checkpoints, metrics, plots)")
@@ -146,6 +164,8 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--epochs", type=int, help="shorthand for --set epochs=N")
     s.add_argument("--deterministic", action="store_true", help="use only deterministic torch kernels")
     s.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    s.add_argument("--amp", choices=["bf16", "fp16"],
+                   help="attack steps and the clean forward in bfloat16/float16 (torch.autocast); bounds stay float32")
     s.add_argument("--engine", default="torch", metavar="ENGINE",
                    help="what runs each step: torch (default) or onnxruntime (an exported ONNX training-step graph)")
     s.set_defaults(fn=cmd_train)

@@ -154,6 +154,8 @@ class TrainConfig:
     test_every: int
     module: ast.Module | None = None
     overrides: tuple[str, ...] = ()
+    accumulate: int = 1  # micro-batches per optimiser step
+    sync_bn: bool = False  # BatchNorm batch statistics over every process's part of the batch
 
     def to_json(self) -> dict[str, Any]:
         """The resolved configuration as written to ``resolved.json``."""
@@ -164,6 +166,9 @@ class TrainConfig:
             "tests": [str(t) for t in self.tests], "optimizer": str(self.optimizer),
             "lr_schedule": str(self.lr_schedule), "grad_clip": self.grad_clip, "epochs": self.epochs,
             "seed": self.seed, "test_every": self.test_every, "overrides": list(self.overrides),
+            # only when set, so runs written before the setting existed still resume
+            **({"accumulate": self.accumulate} if self.accumulate != 1 else {}),
+            **({"sync_bn": True} if self.sync_bn else {}),
         }
 
 
@@ -310,6 +315,8 @@ def resolve_settings(spec: TrainSpec) -> tuple[dict[str, Any], list[Diagnostic]]
     lr = spec.settings.get("lr_schedule", (None,))[0]
     out["lr_schedule"] = attempt(_lr_schedule, lr) if lr is not None else LRSchedule()
     out["grad_clip"] = spec.grad_clip
+    out["accumulate"] = spec.accumulate if spec.accumulate is not None else 1
+    out["sync_bn"] = bool(spec.sync_bn)
     out["test_every"] = spec.test_every if spec.test_every is not None else 1
     out["test_epsilon"] = spec.test_epsilon if spec.test_epsilon is not None else out["epsilon"].bounds()[1]
     out["epochs"] = spec.epochs if spec.epochs is not None else 10

@@ -60,7 +60,7 @@ def _chunk_size(net: Any, goal: Any, batch: int, dtype_bytes: int) -> int:
 
 def evaluate(
     net: Any, tests: Sequence[Any], batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | Any, *,
-    epsilon: float, time_: float = 0.0, seed: int = 0, progress: Any = None,
+    epsilon: float, time_: float = 0.0, seed: int = 0, progress: Any = None, gather: bool = False,
 ) -> list[GoalReport]:
     """Run every test goal over ``batches`` (a re-iterable of (x, y), e.g. a Loader's epoch factory).
 
@@ -72,20 +72,23 @@ def evaluate(
         time_: the training time schedules inside test goals are evaluated at.
         seed: seeds the randomness of attacks (restarts), so a report is reproducible.
         progress: optional callable ``progress(goal_text, done, total)``.
+        gather: every rank of a process group evaluated its own part of the test set (a Loader with
+            ``rank``/``world``): sum the counts over the ranks, so every rank returns the whole report
+            (``time`` is the slowest rank's).
     """
     was_training = net.training
     net.eval()
     reports = []
     try:
         for goal in tests:
-            reports.append(_evaluate_goal(net, goal, batches, epsilon, time_, seed, progress))
+            reports.append(_evaluate_goal(net, goal, batches, epsilon, time_, seed, progress, gather))
     finally:
         net.train(was_training)
     return reports
 
 
 def _evaluate_goal(net: Any, goal: Any, batches: Any, epsilon: float, time_: float, seed: int,
-                   progress: Any) -> GoalReport:
+                   progress: Any, gather: bool = False) -> GoalReport:
     gen = torch.Generator().manual_seed(seed)
     ctx = GoalContext(net=net, time=time_, epsilon=epsilon, rng=random.Random(seed), generator=gen)
     n = clean = safe = proved = 0
@@ -94,6 +97,8 @@ def _evaluate_goal(net: Any, goal: Any, batches: Any, epsilon: float, time_: flo
     start = time.perf_counter()
     items = batches() if callable(batches) else batches
     for x, y in items:
+        if not x.shape[0]:  # an empty part of a split test batch
+            continue
         with torch.no_grad():
             pred = net(x).argmax(dim=1)
         step = _chunk_size(net, goal, x.shape[0], x.element_size())
@@ -109,6 +114,13 @@ def _evaluate_goal(net: Any, goal: Any, batches: Any, epsilon: float, time_: flo
         if progress is not None:
             progress(str(goal), n)
     elapsed = time.perf_counter() - start
+    if gather:
+        from absnet.train.distributed import all_reduce_max, all_reduce_sum
+
+        counts = all_reduce_sum(torch.tensor([n, clean, safe, proved, width], dtype=torch.float64))
+        n, clean, safe, proved = (round(float(v)) for v in counts[:4])
+        width = float(counts[4])
+        elapsed = all_reduce_max(elapsed)  # rank 0 always has examples, so its analysis name is the report's
     frac = (lambda k: k / n) if n else (lambda k: math.nan)
     return GoalReport(
         goal=str(goal), analysis=analysis, n=n, clean=frac(clean), safe=frac(safe), proved=frac(proved),

@@ -148,7 +148,8 @@ def batchnorm_coeffs(ctx: RuleContext, c: T, concrete: bool) -> tuple[T, T]:
     """(scale, shift) of BatchNorm as x·scale + shift, shaped to broadcast against (N, *s). Eval:
     running statistics. Training: biased per-channel batch statistics of ``c`` (a point, or the
     centre of an abstract value, detached unless ``concrete``, as in DiffAI), and the running
-    statistics move by ``momentum`` (unbiased variance, as torch)."""
+    statistics move by ``momentum`` (unbiased variance, as torch). With ``ctx.reduce_stats``
+    (synchronised BatchNorm) the counts and sums are over every process's part of the batch."""
     ops, a, p = ctx.ops, ctx.attrs, ctx.params
     shape = elem_shape(ops, c)
     cshape = (shape[0],) + (1,) * (len(shape) - 1)
@@ -156,10 +157,11 @@ def batchnorm_coeffs(ctx: RuleContext, c: T, concrete: bool) -> tuple[T, T]:
     if ctx.training:
         conc = c if concrete else ops.detach(c)
         axes = [0, *range(2, len(shape) + 1)]
-        count = ops.sum(ops.add(ops.zeros_like(conc), const(ops, 1.0, conc)), axes)
-        mean = ops.div(ops.sum(conc, axes), count)
+        total = ctx.reduce_stats or (lambda t: t)
+        count = total(ops.sum(ops.add(ops.zeros_like(conc), const(ops, 1.0, conc)), axes))
+        mean = ops.div(total(ops.sum(conc, axes)), count)
         dev = ops.sub(conc, ops.reshape(mean, cshape))
-        var = ops.div(ops.sum(ops.mul(dev, dev), axes), count)
+        var = ops.div(total(ops.sum(ops.mul(dev, dev), axes)), count)
         if ctx.set_buffer is not None:
             mom = const(ops, a["momentum"], c)
             keep = const(ops, 1.0 - a["momentum"], c)

@@ -34,6 +34,8 @@ class RuleContext:
     aux_losses: list[tuple[Any, Any]] = field(default_factory=list)
     #: called as set_buffer(name, value) to update running statistics in training mode
     set_buffer: Callable[[str, Any], None] | None = None
+    #: sums a tensor over every process of a distributed run (differentiably): synchronised BatchNorm
+    reduce_stats: Callable[[Any], Any] | None = None
 
     @property
     def attrs(self) -> Mapping[str, Any]:

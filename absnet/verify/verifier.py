@@ -194,6 +194,47 @@ def verify(
     return report
 
 
+def verify_split(
+    net: Any, x: torch.Tensor, y: torch.Tensor, eps: float,
+    analyses: Sequence[str] = DEFAULT_ANALYSES, attack: str | None = DEFAULT_ATTACK,
+    progress: Progress | None = None, *, batch: int | None = None, seed: int = 0,
+    keep_counterexamples: bool = True, first_index: int = 0,
+) -> VerifyReport:
+    """:func:`verify`, with the examples split across the processes of a ``torch.distributed`` job.
+
+    Rank r verifies its contiguous part of ``(x, y)`` (every rank passes the whole set), with an
+    attack seed of its own (rank 0 keeps ``seed``); every rank returns the whole report: the
+    examples in dataset order, each step's counts and seconds summed over the ranks, and the wall
+    time of the slowest rank. Verdicts are per example, so they are those of the rank that owned
+    it. In a single process this is :func:`verify`.
+    """
+    from absnet.train import distributed
+
+    job = distributed.info()
+    if not job.enabled:
+        return verify(net, x, y, eps, analyses, attack, progress, batch=batch, seed=seed,
+                      keep_counterexamples=keep_counterexamples, first_index=first_index)
+    import torch.distributed as dist
+
+    from absnet.train.loop import derive_seed
+
+    part = torch.arange(x.shape[0]).tensor_split(job.world)[job.rank]
+    lo, n = (int(part[0]) if len(part) else 0), len(part)
+    own_seed = seed if job.rank == 0 else derive_seed(seed, 0, distributed.rank_stream("verify", job.rank))
+    local = verify(net, x[lo:lo + n], y[lo:lo + n], eps, analyses, attack, progress, batch=batch or max(n, 1),
+                   seed=own_seed, keep_counterexamples=keep_counterexamples, first_index=first_index + lo)
+    reports: list[Any] = [None] * job.world
+    dist.all_gather_object(reports, local)
+    merged = VerifyReport(local.network, local.epsilon, local.analyses, local.attack, seed)
+    merged.examples = [e for r in reports for e in r.examples]
+    for i, stage in enumerate(local.stages):
+        merged.stages.append(StageStats(stage.name, stage.kind, *(sum(getattr(r.stages[i], k) for r in reports)
+                                                                  for k in ("tried", "certified", "falsified",
+                                                                            "time"))))
+    merged.time = max(r.time for r in reports)
+    return merged
+
+
 def parse_attack(text: str) -> Any:
     """An attack goal from its DSL text; E206 for goals that are not attacks or that fix their own width."""
     from absnet.goals.attacks import Attack
@@ -348,4 +389,4 @@ def _align(rows: Sequence[Sequence[str]], how: str) -> str:
 
 
 __all__ = ["DEFAULT_ANALYSES", "DEFAULT_ATTACK", "ExampleResult", "StageStats", "VerifyReport", "float64_copy",
-           "format_table", "parse_attack", "recheck", "verify", "worst_margin"]
+           "format_table", "parse_attack", "recheck", "verify", "verify_split", "worst_margin"]

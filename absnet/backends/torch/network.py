@@ -90,6 +90,8 @@ class AbstractNetwork(nn.Module):
         #: loop turns it off for all but one concrete forward per step (attacks and abstract passes
         #: must not move the statistics)
         self.update_buffers = True
+        #: sums a tensor over the processes of a distributed run (synchronised BatchNorm), or None
+        self.stat_reduce: Any = None
         self.rng = torch.Generator().manual_seed(seed)
         init = torch.Generator().manual_seed(seed)
         self.layers = nn.ModuleDict()
@@ -148,6 +150,7 @@ class AbstractNetwork(nn.Module):
                 ops, st.node, mod.tensors() if mod is not None else {}, a, self.training,
                 st.in_shapes, st.out_shape, self.time, self.aux_losses,
                 _buffer_setter(mod) if mod is not None and self.update_buffers else None,
+                reduce_stats=self.stat_reduce if self.training else None,
             )
             env[st.node.id] = st.rule.fn(ctx, *(env[i] for i in st.inputs))
             for src in st.free:
