@@ -60,3 +60,18 @@ def export_onnx(
 
     return export(net, path, domain=domain, input_spec=input_spec, margins=margins, opset=opset,
                   plan_batch=plan_batch)
+
+
+def compile_onnx(path_or_model: str | Path | Any, input_range: tuple[float, float] | None = None) -> AbstractNetwork:
+    """Compile a concrete ONNX network (a path or an ``onnx.ModelProto``) into an AbstractNetwork with
+    its weights, in eval mode; ``net.input_shape`` is the ONNX input's shape without the batch axis
+    and ``net.source`` the emitted ``.absnet`` text. ``input_range`` defaults to the range absnet's
+    own export recorded, else unbounded. Unsupported nodes: one E503 listing them all (docs/onnx.md).
+
+    >>> net = compile_source("network N { input [3] range [0, 1]  Linear(2) }")
+    >>> compile_onnx(export_onnx(net, domain="Point()")).input_shape
+    (3,)
+    """
+    from absnet.backends.onnx.importer import compile_onnx as compile_
+
+    return compile_(path_or_model, input_range=input_range)

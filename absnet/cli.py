@@ -193,6 +193,10 @@ def cmd_compile(a: argparse.Namespace) -> int:
         print(f"absc compile: error: unknown --target {a.target}; targets: {', '.join(COMPILE_TARGETS)}"
               + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 2
+    if a.emit_vnnlib and (a.target != "onnx" or a.domain.replace(" ", "") not in ("Point()", "Point")):
+        print("absc compile: error: --emit-vnnlib goes with --target onnx --domain \"Point()\" (the concrete "
+              "network the properties are about)", file=sys.stderr)
+        return 2
     net = absnet.compile_file(a.file, a.network, args=_parse_args_kv(a.arg), seed=a.seed)
     if a.checkpoint:
         _load_weights(net, a.checkpoint)
@@ -219,6 +223,11 @@ def cmd_compile(a: argparse.Namespace) -> int:
     print(f"  inputs    {_io(model.graph.input)}")
     print(f"  outputs   {_io(model.graph.output)}")
     print(f"  smoke     {smoke}")
+    if a.emit_vnnlib:  # VNN-COMP-style properties around test images: docs/verify.md
+        from absnet.verify.property_commands import emit_vnnlib
+
+        csv_path = emit_vnnlib(net, out, a.emit_vnnlib, a.data, a.count, a.eps, data_dir=a.data_dir)
+        print(f"wrote {a.count} VNN-LIB properties (eps {a.eps:g}, {a.data} test images) and {csv_path}")
     return 0
 
 
@@ -366,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default="onnx",
                    help="artifact kind: onnx (an analysis graph), onnx-train (a training-step graph), "
                         "export (a torch.export .pt2) or torchscript (.pt)")
-    s.add_argument("--goal", help="onnx-train: the training goal (default Box(); Point(), the Box/HBox/Z* "
-                                  "family and their Mix/LinMix)")
+    s.add_argument("--goal", help="onnx-train: the training goal (default Box(); Point(), the Box/HBox/Z*, "
+                                  "CROWN_IBP and linear-bound goals, their Mix/LinMix)")
     s.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd",
                    help="onnx-train: the update in the graph (torch.optim semantics; default sgd, momentum 0.9)")
     s.add_argument("--domain", "-d", default="Box()", help="the analysis, e.g. HBox() or CROWN() (default Box())")
@@ -379,8 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     s.add_argument("--plan-batch", type=int, default=1, metavar="N",
                    help="batch size the CROWN family's back-substitution is chunked for (default 1)")
-    s.add_argument("--eps", type=float, default=0.01, help="epsilon of the smoke run (default 0.01)")
+    s.add_argument("--eps", type=float, default=0.01,
+                   help="epsilon of the smoke run and of --emit-vnnlib properties (default 0.01)")
     s.add_argument("--seed", type=int, default=0, help="initialisation and smoke-input seed (default 0)")
+    s.add_argument("--emit-vnnlib", metavar="DIR", help="with --domain Point(): also write L-infinity robustness "
+                   "properties around the first --count test images of --data, and DIR/instances.csv")
+    s.add_argument("--data", default="mnist", help="--emit-vnnlib: the dataset of the test images (default mnist)")
+    s.add_argument("--count", type=int, default=10, help="--emit-vnnlib: how many properties (default 10)")
+    s.add_argument("--data-dir", help="--emit-vnnlib: folder with the dataset files")
     s.set_defaults(fn=cmd_compile)
 
     s = sub.add_parser("show", help="print a compiled network's IR")
@@ -415,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     from absnet.verify.commands import add_parsers as add_verify_parsers
 
     add_verify_parsers(sub)
+    from absnet.backends.onnx.commands import add_parsers as add_import_parsers
+
+    add_import_parsers(sub)
 
     s = sub.add_parser("version", help="print versions")
     s.add_argument("--full", action="store_true")

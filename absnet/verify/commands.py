@@ -4,9 +4,11 @@ Rules:
 
 - The first positional is dispatched by what it names: a folder is a run of ``absc train`` (its
   ``spec.absnet``, the train block and ``--set`` options of its ``resolved.json``, and
-  ``checkpoints/last`` unless ``--checkpoint`` says otherwise); a ``.onnx`` file is an ONNX network
-  whose property (a ``.vnnlib`` file) is the second positional (not supported yet: E604); anything
-  else is a ``.absnet`` spec with a train block, verified with ``--checkpoint`` (as ``absc test``).
+  ``checkpoints/last`` unless ``--checkpoint`` says otherwise); a ``.onnx`` file, or any network
+  followed by a second positional (a ``.vnnlib`` property), goes to the property path
+  (:mod:`absnet.verify.property_commands`: VNN-COMP-style verdicts); anything else is a
+  ``.absnet`` spec with a train block, verified with ``--checkpoint`` (as ``absc test``).
+  ``--instances CSV`` (no positionals) verifies a VNN-COMP benchmark's instances.
 - Epsilon, seed, limit and batch default to the train block's ``test_epsilon``, ``seed``,
   ``test_size`` and ``test_batch``. ``--analyses`` is a comma list in DSL syntax, cheapest first;
   ``--attack none`` turns the attack off. Both are checked before anything is loaded (unknown
@@ -66,11 +68,6 @@ def _target(a: argparse.Namespace) -> tuple[str, str | None, str | None, list[st
     from absnet.train.commands import _overrides
 
     path = Path(a.target)
-    if path.suffix.lower() in ONNX_SUFFIXES:
-        raise AbsnetError(Diagnostic("E604", f"cannot verify {path}: ONNX networks are not supported yet",
-                                     help="verify a .absnet spec with --checkpoint, or a run folder of absc train"))
-    if a.property is not None:
-        raise _usage(f"a property file ({a.property}) goes with an ONNX network, not with {path}")
     if not path.is_dir():
         return str(path), a.checkpoint, a.train, _overrides(a)
     spec = path / "spec.absnet"
@@ -97,7 +94,23 @@ def _usage(message: str) -> _Usage:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
+    from absnet.verify import property_commands as pc
+
     try:
+        if a.instances is not None:
+            if a.target is not None or a.property is not None:
+                raise _usage("--instances takes no NET or PROPERTY positionals")
+            if a.counterexample or a.json:
+                raise _usage("--counterexample and --json go with one property, not with --instances")
+            return pc.run_instances(a)
+        if a.target is None:
+            raise _usage("expected a network (NET.onnx PROP.vnnlib), a spec, a run folder, or --instances CSV")
+        if a.property is not None or Path(a.target).suffix.lower() in ONNX_SUFFIXES:
+            if a.property is None:
+                raise _usage(f"{a.target} needs its property: absc verify {a.target} PROP.vnnlib")
+            return pc.run_property(a)
+        if a.json == "-" or a.timeout is not None or a.counterexample or a.results:
+            raise _usage("--json without a path, --timeout, --counterexample and --results go with a property")
         spec, checkpoint, train, overrides = _target(a)
         if checkpoint is None:
             raise _usage("--checkpoint is required with a spec (or pass the run folder of absc train)")
@@ -113,10 +126,11 @@ def _run(a: argparse.Namespace, spec: str, checkpoint: str, train: str | None, o
     import absnet
     from absnet.backends.torch.network import AbstractNetwork
     from absnet.data import Loader
+    from absnet.train import distributed
     from absnet.train.commands import _default_json, load_for_test
     from absnet.train.config import build_config
     from absnet.train.rundir import json_default
-    from absnet.verify.verifier import format_table, parse_attack, verify
+    from absnet.verify.verifier import format_table, parse_attack, verify_split
 
     analyses = split_analyses(a.analyses)
     if not analyses:
@@ -130,8 +144,10 @@ def _run(a: argparse.Namespace, spec: str, checkpoint: str, train: str | None, o
         raise AbsnetError(Diagnostic("E606", "--device cuda was asked for but torch sees no CUDA device",
                                      help="use --device cpu"))
     cfg = build_config(read_source(spec), train, file=spec, overrides=overrides)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    if getattr(a, "nproc", None) not in (None, 1):  # split the examples across N local processes
+        return distributed.launch_command(a)
+    job, a.device = distributed.init_from_env(a.device)
+    distributed.set_threads(a.threads, a.device)
     net, meta, split = load_for_test(cfg, checkpoint, device=a.device, data_dir=a.data_dir, offline=a.offline)
     limit = a.limit if a.limit is not None else cfg.data.test_size
     batch = a.batch or cfg.data.test_batch
@@ -146,8 +162,10 @@ def _run(a: argparse.Namespace, spec: str, checkpoint: str, train: str | None, o
             print(f"verify: {done}/{total}  certified {c['certified']}  falsified {c['falsified']}  "
                   f"unknown {c['unknown']}", file=sys.stderr, flush=True)
 
-    report = verify(net, x, y, eps, analyses, attack, progress, batch=batch, seed=seed,
-                    keep_counterexamples=not a.no_counterexamples)
+    report = verify_split(net, x, y, eps, analyses, attack, progress, batch=batch, seed=seed,
+                          keep_counterexamples=not a.no_counterexamples)
+    if not job.is_main:
+        return 0
     print(f"{cfg.network} on {cfg.data.name} test ({len(report.examples)} images), checkpoint {checkpoint} "
           f"(epoch {meta.get('epoch', '?')}), epsilon {eps:g}")
     print(format_table(report))
@@ -210,10 +228,20 @@ def _nonnegative(v: str) -> float:
 def add_parsers(sub: Any) -> None:
     """Register ``verify`` on the ``absc`` sub-command parser."""
     s = sub.add_parser("verify", help="certify a checkpoint example by example: certified / falsified / unknown")
-    s.add_argument("target", metavar="SPEC_OR_RUN_DIR",
-                   help="a .absnet spec with a train block (with --checkpoint), or a run folder of absc train")
+    s.add_argument("target", nargs="?", metavar="NET_SPEC_OR_RUN_DIR",
+                   help="NET.onnx (with PROPERTY), a .absnet spec with a train block (with --checkpoint), "
+                        "or a run folder of absc train")
     s.add_argument("property", nargs="?", metavar="PROPERTY",
-                   help="with an ONNX network (NET.onnx, not supported yet): its VNN-LIB property")
+                   help="a VNN-LIB property (.vnnlib) to verify on the network: unsat / sat / unknown / timeout")
+    s.add_argument("--instances", metavar="CSV",
+                   help="verify a VNN-COMP benchmark: lines onnx,vnnlib,timeout (paths relative to the CSV's folder)")
+    s.add_argument("--results", metavar="CSV", help="with --instances: write onnx,vnnlib,verdict,seconds rows here "
+                                                    "(default: stdout)")
+    s.add_argument("--timeout", type=_nonnegative,
+                   help="with a property: seconds per property (default 60; with --instances: the CSV's)")
+    s.add_argument("--counterexample", metavar="FILE",
+                   help="with a property: write the verdict there, and for sat the counterexample (VNN-COMP format)")
+    s.add_argument("--network", "-n", help="with a .absnet file and a property: which network (default: the last)")
     s.add_argument("--train", "-t", help="which train block (default: the run's, else the last one in the file)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of the train block, as in absc test")
@@ -226,11 +254,14 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--limit", type=_positive, help="verify the first N test images (default: the data test_size)")
     s.add_argument("--batch", type=_positive, help="examples per batch (default: the data test_batch)")
     s.add_argument("--seed", type=int, help="seed of the attack's restarts (default: the train block's seed)")
-    s.add_argument("--json", help="where to write the report (default: next to the checkpoint, <stem>.verify.json)")
+    s.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="where to write the report (default: next to the checkpoint, <stem>.verify.json); "
+                        "with a property: the result as JSON, on stdout without FILE")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     s.add_argument("--data-dir", help="folder with the dataset files (default: $ABSNET_DATA, then the cache)")
     s.add_argument("--offline", action="store_true", help="never download datasets")
     s.add_argument("--threads", type=int, help="torch CPU threads")
+    s.add_argument("--nproc", type=int, metavar="N", help="with a spec: split the examples across N local processes")
     s.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     points = s.add_mutually_exclusive_group()
     points.add_argument("--save-counterexamples", metavar="DIR",

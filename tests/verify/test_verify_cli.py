@@ -151,17 +151,17 @@ def test_unknown_analysis_suggests_the_right_name(files: tuple[Path, Path], caps
     assert run(["verify", str(spec), "-c", str(ck), "--analyses", "HBx()"], capsys)[2].count("did you mean 'HBox'")
 
 
-def test_a_spec_needs_a_checkpoint_and_onnx_is_not_supported_yet(files: tuple[Path, Path], tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_spec_needs_a_checkpoint_and_an_onnx_network_a_property(files: tuple[Path, Path], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     spec, _ = files
     code, _, err = run(["verify", str(spec)], capsys)
     assert code == 2 and "--checkpoint is required" in err
-    code, _, err = run(["verify", str(spec), "prop.vnnlib", "-c", "x.safetensors"], capsys)
-    assert code == 2 and "goes with an ONNX network" in err
+    code, out, err = run(["verify", str(spec), "prop.vnnlib", "-c", "x.safetensors"], capsys)
+    assert code == 1 and out.startswith("error") and "error[E604]: cannot read prop.vnnlib" in err
     onnx = tmp_path / "net.onnx"
     onnx.write_bytes(b"")
-    code, _, err = run(["verify", str(onnx), str(tmp_path / "prop.vnnlib")], capsys)
-    assert code == 1 and "error[E604]" in err and "ONNX networks are not supported yet" in err
+    code, _, err = run(["verify", str(onnx)], capsys)
+    assert code == 2 and "needs its property" in err
     code, _, err = run(["verify", str(spec), "-c", str(tmp_path / "missing.safetensors")], capsys)
     assert code == 1 and "error[E605]" in err
     code, _, err = run(["verify", str(tmp_path)], capsys)
