@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch==2.13.0 is the local CPU build on these machines; the package itself accepts torch>=2.2.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test test-slow lint clean
+.PHONY: venv demo test test-slow test-interop lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: venv
 
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow
+
+# the optional TensorFlow backend against the torch backend (installs the tensorflow extra)
+test-interop: venv
+	$(BIN)/python -m pip install -q -e '.[tensorflow]'
+	$(BIN)/python -m pytest -q -m "not slow" tests/backends/test_tensorflow.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
