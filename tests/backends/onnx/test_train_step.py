@@ -187,6 +187,25 @@ def test_twenty_steps_in_onnxruntime_match_torch_optim(goal: str, opt: str, one_
     assert all(np.isfinite(losses))
 
 
+# directives that act in training mode (only_train defaults to true for these), deterministic ones
+DIRECTIVES_SRC = ("network D { input [1, 8, 8] range [0, 1]  Conv2d(4, kernel=3, stride=2) ReLU() CorrMaxK(6) "
+                  "Flatten() Linear(16) ReLU() DecorrMin(8) Linear(12) ReLU() Concretize() Linear(10) }")
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("goal", ["Box()", "ZNIPS()"])
+def test_twenty_steps_with_training_directives_match_torch_optim(goal: str, opt: str, one_thread: None) -> None:
+    lr, eps, steps = (0.05 if opt == "sgd" else 0.01), 0.05, 20
+    net = absnet.compile_source(DIRECTIVES_SRC)
+    ref = absnet.compile_source(DIRECTIVES_SRC)
+    ref.load_state_dict(net.state_dict())
+    trainer = OnnxTrainer(export_train_step(net, goal=goal, optimizer=opt), net, threads=1)
+    for x, y in _batches(steps):
+        trainer.step(x.numpy(), y.numpy(), lr=lr, epsilon=eps)
+    _torch_train(ref, goal, opt, lr, eps, steps)
+    assert_trained_alike(trainer, ref, net)
+
+
 @pytest.mark.parametrize("opt, kw", [
     ("sgd", {"momentum": 0.0}), ("sgd", {"momentum": 0.8, "nesterov": True, "weight_decay": 1e-2}),
     ("adam", {"betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 1e-2}),
