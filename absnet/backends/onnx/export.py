@@ -77,6 +77,44 @@ def constant_parameters(net: Any, ops: OnnxOps) -> dict[str, dict[str, Value]]:
     return stage_parameters(net, lambda key, t: ops.known(t.detach().cpu().float().numpy(), hint=key))
 
 
+def _pads(p: Any) -> list[int]:
+    return [int(p[0]), int(p[1]), int(p[0]), int(p[1])]
+
+
+def _native_pool(ops: OnnxOps, node: Any, x: Value, shape: tuple[int, ...]) -> Value | None:
+    a = node.attrs
+    if node.op == "AdaptiveAvgPool2d":
+        (h, w), (oh, ow) = x.shape[2:], a["output_size"]
+        if (oh, ow) == (1, 1):
+            return ops.emit("GlobalAveragePool", [x], shape, x.dtype)
+        if h % oh or w % ow:
+            return None  # torch's uneven windows: the rule's averaging matrix
+        k = [int(h) // oh, int(w) // ow]
+        return ops.emit("AveragePool", [x], shape, x.dtype, kernel_shape=k, strides=k)
+    k = list(a["kernel_size"])
+    stride = list(a["stride"] if a.get("stride") is not None else k)
+    if node.op == "MaxPool2d":
+        return ops.emit("MaxPool", [x], shape, x.dtype, kernel_shape=k, strides=stride, pads=_pads(a["padding"]))
+    return ops.emit("AveragePool", [x], shape, x.dtype, kernel_shape=k, strides=stride, pads=_pads(a["padding"]),
+                    count_include_pad=1)
+
+
+def _native_point(ops: OnnxOps, node: Any, x: Value, out_shape: tuple[int, ...]) -> Value | None:
+    """The concrete network's activation or pooling ``node`` as the one ONNX operator verifiers and
+    importers read (Sigmoid, MaxPool, …) instead of the point rule's primitives; None: use the rule."""
+    shape = (x.shape[0], *out_shape)
+    op, a = node.op, node.attrs
+    if op in ("Sigmoid", "Tanh", "Softplus"):
+        return ops.emit(op, [x], shape, x.dtype)
+    if op == "LeakyReLU":
+        return ops.emit("LeakyRelu", [x], shape, x.dtype, alpha=float(a["negative_slope"]))
+    if op == "ELU":
+        return ops.emit("Elu", [x], shape, x.dtype, alpha=float(a["alpha"]))
+    if op in ("MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"):
+        return _native_pool(ops, node, x, shape)
+    return None
+
+
 def propagate(net: Any, value: Any, analysis: Analysis, ops: OnnxOps, *, training: bool = False,
               params: Mapping[str, Mapping[str, Value]] | None = None, aux: list[tuple[Any, Any]] | None = None,
               time: float | None = None,
@@ -90,7 +128,13 @@ def propagate(net: Any, value: Any, analysis: Analysis, ops: OnnxOps, *, trainin
     params = constant_parameters(net, ops) if params is None else params
     aux = [] if aux is None else aux
     env: dict[str, Any] = {net.graph.input_id: value}
+    native = analysis.kind == "point" and not training  # the concrete network, in the form verifiers read
     for st in steps:
+        if native and isinstance(env[st.inputs[0]] if st.inputs else None, Value):
+            out = _native_point(ops, st.node, env[st.inputs[0]], tuple(st.out_shape))
+            if out is not None:
+                env[st.node.id] = out
+                continue
         ctx = RuleContext(ops, st.node, params.get(st.node.id, {}), analysis, training, st.in_shapes,
                           st.out_shape, net.time if time is None else time, aux,
                           None if set_buffer is None else set_buffer(st.node.id))

@@ -347,3 +347,25 @@ def test_matmul_on_a_vector_with_unit_axes_acas_xu_style() -> None:
         close(imp.net(x), torch.from_numpy(h @ w2 + b2), "ACAS Xu style")
         lo, hi = imp.net.bounds(x, 0.05, domain="CROWN()")
     assert (lo <= imp.net(x) + 1e-5).all() and (imp.net(x) <= hi + 1e-5).all()
+
+
+def test_point_export_writes_native_activations_and_pools_that_import_back(one_thread: None) -> None:
+    """The concrete export writes Sigmoid, Tanh, Softplus, LeakyRelu, Elu, MaxPool, AveragePool and
+    GlobalAveragePool as single ONNX operators (the form verifiers read), and they import back."""
+    src = """network Acts {
+      input [2, 8, 8] range [0, 1]
+      Conv2d(4, kernel=3, padding=1) Sigmoid() MaxPool2d(2)
+      Conv2d(4, kernel=3, padding=1) Tanh() AvgPool2d(2, padding=1)
+      Conv2d(6, kernel=1) LeakyReLU(negative_slope=0.2) AdaptiveAvgPool2d(output_size=1)
+      Flatten() Linear(8) ELU(alpha=0.5) Linear(6) Softplus() Linear(3)
+    }"""
+    net = absnet.compile_source(src, seed=0).eval()
+    model = absnet.export_onnx(net, domain="Point()")
+    ops = {n.op_type for n in model.graph.node}
+    assert {"Sigmoid", "Tanh", "Softplus", "LeakyRelu", "Elu", "MaxPool", "AveragePool", "GlobalAveragePool"} <= ops
+    assert not ops & {"Exp", "Log", "Slice", "Max"}
+    back = absnet.compile_onnx(model)
+    x = torch.rand(4, *net.input_shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = net(x), back(x)
+    assert float((got - want).abs().max()) <= 1e-5 * max(1.0, float(want.abs().max()))
