@@ -56,16 +56,17 @@ def tiny_set(count: int, seed: int = 0) -> list[tuple[object, Property]]:
     return out
 
 
-def mnist_set(count: int) -> list[tuple[object, Property]]:
-    if not (DATA / "mnist").is_dir():
-        print(f"(mnist set skipped: no MNIST in {DATA / 'mnist'}; set ABSNET_DATA)")
-        return []
+def train_mnist_mlp(hidden: int, count: int, data: Path = DATA) -> tuple[object, torch.Tensor, torch.Tensor] | None:
+    """A 784-h-h-10 MLP trained for 300 clean steps on 6000 MNIST images, and the first ``count`` test
+    images and labels; None when ``data`` holds no MNIST (the tests use it too)."""
+    if not (data / "mnist").is_dir():
+        return None
     from absnet.data import load_split
 
-    train = load_split("mnist", "train", data_dir=DATA, download=False)
-    test = load_split("mnist", "test", data_dir=DATA, download=False)
-    net = absnet.compile_source("network M { input [1, 28, 28] range [0, 1] Flatten() Linear(16) ReLU() "
-                                "Linear(16) ReLU() Linear(10) }", seed=0)
+    train = load_split("mnist", "train", data_dir=data, download=False)
+    test = load_split("mnist", "test", data_dir=data, download=False)
+    net = absnet.compile_source(f"network M {{ input [1, 28, 28] range [0, 1] Flatten() Linear({hidden}) ReLU() "
+                                f"Linear({hidden}) ReLU() Linear(10) }}", seed=0)
     x, y = train.x[:6000].float() / train.scale, train.y[:6000]
     g = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
@@ -75,8 +76,15 @@ def mnist_set(count: int) -> list[tuple[object, Property]]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    net.eval()
-    xs, ys = test.x[:count].float() / test.scale, test.y[:count]
+    return net.eval(), test.x[:count].float() / test.scale, test.y[:count]
+
+
+def mnist_set(count: int) -> list[tuple[object, Property]]:
+    trained = train_mnist_mlp(16, count)
+    if trained is None:
+        print(f"(mnist set skipped: no MNIST in {DATA / 'mnist'}; set ABSNET_DATA)")
+        return []
+    net, xs, ys = trained
     out = []
     for i, (xi, yi) in enumerate(zip(xs, ys)):
         eps = [0.01, 0.02, 0.03, 0.04][i % 4]

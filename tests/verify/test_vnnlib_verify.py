@@ -300,25 +300,18 @@ def test_a_strict_row_needs_a_strict_counterexample() -> None:
 
 
 def train_mnist_mlp(hidden: int, count: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
-    """A 784-h-h-10 MLP trained for 300 clean steps, and the first ``count`` test images."""
-    if not (DATA / "mnist").is_dir():
-        pytest.skip(f"MNIST not found in {DATA / 'mnist'}: set ABSNET_DATA to the shared data folder")
-    from absnet.data import load_split
+    """The benchmark's MNIST MLP (benchmarks/vnnlib_cascade.py: 300 clean steps) and ``count`` test images."""
+    import importlib.util
 
-    train = load_split("mnist", "train", data_dir=DATA, download=False)
-    test = load_split("mnist", "test", data_dir=DATA, download=False)
-    net = absnet.compile_source(f"network M {{ input [1, 28, 28] range [0, 1] Flatten() Linear({hidden}) ReLU() "
-                                f"Linear({hidden}) ReLU() Linear(10) }}", seed=0)
-    x, y = train.x[:6000].float() / train.scale, train.y[:6000]
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    for _ in range(300):
-        idx = torch.randint(0, len(y), (128,), generator=g)
-        loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval(), test.x[:count].float() / test.scale, test.y[:count]
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "vnnlib_cascade.py"
+    spec = importlib.util.spec_from_file_location("vnnlib_cascade", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    trained = bench.train_mnist_mlp(hidden, count, DATA)
+    if trained is None:
+        pytest.skip(f"MNIST not found in {DATA / 'mnist'}: set ABSNET_DATA to the shared data folder")
+    return trained
 
 
 def check_mnist(net: Any, xs: torch.Tensor, ys: torch.Tensor, epsilons: list[float], folder: Path) -> dict[str, int]:
