@@ -2,10 +2,10 @@
 
 Rules:
 
-- The network: a ``.onnx`` file through ``absnet.compile_onnx`` with the input range set to the hull
-  of the property's boxes (so range clamping never cuts a box); any other file is a ``.absnet``
-  network (``--network``), with ``--checkpoint`` weights (without: its seed-0 initial weights, said
-  on stderr).
+- The network: a ``.onnx`` file through ``absnet.compile_onnx`` (once per file in a batch), with the
+  input range set to the hull of the property's boxes (so range clamping never cuts a box); any
+  other file is a ``.absnet`` network (``--network``), with ``--checkpoint`` weights (without: its
+  seed-0 initial weights, said on stderr).
 - One property: stdout gets the verdict (``unsat``, ``sat``, ``unknown``, ``timeout``, ``error``) on
   its first line, then how it was reached; ``--json`` prints the result as JSON instead (or writes
   it to a file); ``--counterexample FILE`` writes VNN-COMP's result file (the verdict, and for
@@ -38,25 +38,26 @@ from absnet.verify.vnnlib import Property, read_vnnlib
 DEFAULT_TIMEOUT = 60.0
 
 
-def load_network(path: str, prop: Property, a: argparse.Namespace) -> Any:
-    """The network of ``path`` for ``prop`` (see the module rules), in eval mode on ``--device``."""
+def load_network(path: str, prop: Property, a: argparse.Namespace, cache: dict[str, Any] | None = None) -> Any:
+    """The network of ``path`` for ``prop`` (see the module rules), in eval mode on ``--device``. An
+    ONNX network is imported once per ``cache`` (the instances of a benchmark share their networks)
+    and gets each property's input range."""
     import absnet
 
     if Path(path).suffix.lower() == ".onnx":
-        compile_onnx = getattr(absnet, "compile_onnx", None)
-        if compile_onnx is None:
-            try:
-                from absnet.backends.onnx.importer import compile_onnx
-            except ImportError:
-                raise AbsnetError(Diagnostic("E604", f"cannot import {path}: this absnet has no ONNX importer",
-                                             help="verify a .absnet network (with --checkpoint) instead")) from None
         lo = min(float(c.lower.min()) for c in prop.cases) if prop.cases else 0.0
         hi = max(float(c.upper.max()) for c in prop.cases) if prop.cases else 1.0
         if not hi > lo:
             lo, hi = lo - 1.0, hi + 1.0
         if not Path(path).is_file():
             raise AbsnetError(Diagnostic("E604", f"cannot read {path}: no such file"))
-        net = compile_onnx(path, input_range=(lo, hi))
+        key = str(Path(path).resolve())
+        net = (cache or {}).get(key)
+        if net is None:
+            net = absnet.compile_onnx(path, input_range=(-math.inf, math.inf))
+            if cache is not None:
+                cache[key] = net
+        net.input_range = (lo, hi)
     else:
         from absnet.cli import _load_weights
 
@@ -90,12 +91,12 @@ def _options(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _decide(net_path: str, prop_path: str, timeout: float, a: argparse.Namespace,
-            opts: dict[str, Any]) -> PropertyResult:
+            opts: dict[str, Any], cache: dict[str, Any] | None = None) -> PropertyResult:
     """The result for one instance (the property read, the network loaded, the verdict); never raises."""
     start = time.perf_counter()
     try:
         prop = read_vnnlib(prop_path)
-        net = load_network(net_path, prop, a)
+        net = load_network(net_path, prop, a, cache)
     except AbsnetError as e:
         return PropertyResult("error", time.perf_counter() - start, message=e.render())
     except Exception as e:  # an importer crash is an error, never a verdict
@@ -161,9 +162,10 @@ def run_instances(a: argparse.Namespace) -> int:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     errors = 0
+    networks: dict[str, Any] = {}
     for i, (onnx, vnnlib, limit) in enumerate(rows, 1):
         timeout = a.timeout if a.timeout is not None else limit
-        r = _decide(str(root / onnx), str(root / vnnlib), timeout, a, opts)
+        r = _decide(str(root / onnx), str(root / vnnlib), timeout, a, opts, networks)
         errors += r.verdict == "error"
         writer.writerow([onnx, vnnlib, r.verdict, f"{r.time:.3f}"])
         if not a.no_progress:
