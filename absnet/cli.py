@@ -200,6 +200,8 @@ def cmd_compile(a: argparse.Namespace) -> int:
     net = absnet.compile_file(a.file, a.network, args=_parse_args_kv(a.arg), seed=a.seed)
     if a.checkpoint:
         _load_weights(net, a.checkpoint)
+    if a.output:
+        Path(a.output).parent.mkdir(parents=True, exist_ok=True)  # -o runs/x/net.onnx creates runs/x
     if a.target == "onnx-train":
         return _compile_train_step(net, a)
     if a.target in ("export", "torchscript"):

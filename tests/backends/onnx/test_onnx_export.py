@@ -321,7 +321,7 @@ FFNN_ARGS = ["--network", "FFNN", "--arg", "width=16", "--arg", "depth=3", "--ar
 
 
 def test_absc_compile_writes_and_smoke_tests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "net.onnx"
+    out = tmp_path / "new" / "folder" / "net.onnx"  # -o creates the folders it names
     code = cli.main(["compile", str(ROOT / "models" / "diffai.absnet"), *FFNN_ARGS, "--target", "onnx",
                      "--domain", "HBox()", "--margins", "-o", str(out)])
     text = capsys.readouterr().out
