@@ -22,7 +22,8 @@ Optimisers (torch.optim semantics, weight_decay λ, g ← ∇ + λθ):
 
 I/O contract (opset 17, batch axis N dynamic): inputs ``input`` (N, *shape) float32, ``label`` (N,)
 int64, ``epsilon`` () float32 (unused by Point), ``lr`` () float32, for combinations
-``goal_weights`` (L,) float32, for CROWN_IBP goals with a scheduled β ``goal_betas`` (B,), then
+``goal_weights`` (L,) float32, for CROWN_IBP goals with a scheduled β ``goal_betas`` (B,), for
+DeepLoss directives with a scheduled bw ``goal_deep`` (P,), then
 every parameter by its ``state_dict`` key and every state tensor; outputs ``loss`` () and
 ``next.<name>`` for every parameter and state input (feed them back as ``<name>``), with
 ``gradients_out=True`` also ``grad.<param>``, with ``correct=True`` also ``correct`` () int64
@@ -55,14 +56,15 @@ from absnet.goals.combinators import DList
 from absnet.goals.linear import BETA_SKIP, CrownIbpGoal, LinearGoal, ibp_margin_lower, margin_cross_entropy
 from absnet.goals.losses import abstract_loss, point_cross_entropy
 from absnet.goals.regions import PointGoal
-from absnet.goals.schedules import Const, Schedule
+from absnet.goals.schedules import Const, Schedule, as_schedule
 from absnet.transformers import margins as M
 
 NEXT = "next."
 DATA_INPUTS = ("input", "label", "epsilon", "lr")
 WEIGHTS = "goal_weights"  # (L,) input of combinations: the weight of each of goal_leaves(goal) now
 BETAS = "goal_betas"  # (B,) input: β of each CROWN_IBP leaf whose β is a schedule
-GOAL_INPUTS = (WEIGHTS, BETAS)
+DEEP = "goal_deep"  # (P,) input: the bw of each DeepLoss position whose bw is a schedule, now (≥ 0)
+GOAL_INPUTS = (WEIGHTS, BETAS, DEEP)
 CLEAN = PointGoal("Point")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -89,10 +91,10 @@ def _number(s: Schedule | float | None, what: str) -> float | None:
 
 
 def _propagate(net: Any, value: Any, analysis: Any, ops: TrainOps, params: Mapping[str, Mapping[str, Value]],
-               stats: dict[str, Value] | None = None) -> Any:
-    """``export.propagate`` in training mode with the parameters as graph inputs (DeepLoss refused).
-    With ``stats``, the running statistics this pass computes are put there by state_dict key
-    (the key is the name of the buffer's graph input)."""
+               stats: dict[str, Value] | None = None, deep: list[tuple[Any, Any]] | None = None) -> Any:
+    """``export.propagate`` in training mode with the parameters as graph inputs. With ``stats``, the
+    running statistics this pass computes are put there by state_dict key (the key is the name of the
+    buffer's graph input); DeepLoss's (bw, per-example loss) pairs go to ``deep``."""
     aux: list[tuple[Any, Any]] = []
 
     def setter(node_id: str) -> Any:
@@ -104,9 +106,11 @@ def _propagate(net: Any, value: Any, analysis: Any, ops: TrainOps, params: Mappi
 
     out = propagate(net, value, analysis, ops, training=True, params=params, aux=aux, time=0.0,
                     set_buffer=None if stats is None else setter)
-    if aux:
-        raise _error("DeepLoss regularisers are not part of training-step graphs yet",
+    if aux and deep is None:
+        raise _error("DeepLoss regularisers on a clean pass are not part of training-step graphs",
                      help="train this network with absc train (torch)")
+    if deep is not None:
+        deep.extend(aux)
     return out
 
 
@@ -164,18 +168,23 @@ def goal_inputs(goal: Goal, ctx: GoalContext) -> dict[str, np.ndarray]:
     """What a step graph of ``goal`` takes besides the batch, ε and lr, at ``ctx``'s time: the weight
     of each of :func:`goal_leaves` (``goal_weights``, as ``DList.terms`` and CROWN_IBP's κ weigh
     them, schedules evaluated in the same order on ``ctx.rng``; a member weighing 0 now is not
-    evaluated) and the β of each CROWN_IBP with a scheduled β (``goal_betas``)."""
+    evaluated), the β of each CROWN_IBP with a scheduled β (``goal_betas``) and the bw (≥ 0) of each
+    DeepLoss position with a scheduled bw (``goal_deep``)."""
     out = {}
     if isinstance(goal, DList) or len(goal_leaves(goal)) > 1:
         out[WEIGHTS] = np.asarray(_weights(goal, ctx), np.float32)
     betas = _betas(goal)
     if betas:
         out[BETAS] = np.asarray([value_of(g.beta, ctx) for g in betas], np.float32)
+    bws = [as_schedule(bw) for bw in _deep_bws(ctx.net, goal)]
+    scheduled = [bw for bw in bws if not isinstance(bw, Const)]
+    if scheduled:
+        out[DEEP] = np.asarray([max(bw.value(ctx.time, ctx.rng), 0.0) for bw in scheduled], np.float32)
     return out
 
 
 def _linear_leaf(net: Any, goal: LinearGoal, ops: TrainOps, params: Mapping[str, Mapping[str, Value]], x: Value,
-                 eps: Value, onehot: Value, betas: dict[int, Value]) -> Value:
+                 eps: Value, onehot: Value, betas: dict[int, Value], deep: list[tuple[Any, Any]]) -> Value:
     """CE(−lb, y) of the margin lower bounds over the ε-ball (``goals/linear.py``): the analysis's own
     for CROWN, DeepPoly, …; for CROWN_IBP β·CROWN-IBP + (1 − β)·IBP with the specification folded
     in. At ε = 0 every bound is exact, so this equals the clean cross-entropy torch uses there."""
@@ -186,7 +195,7 @@ def _linear_leaf(net: Any, goal: LinearGoal, ops: TrainOps, params: Mapping[str,
         raise _error(f"{goal} optimises or samples its bounds: it trains in the torch backend only",
                      help="train with CROWN_IBP(), CROWN() or IBP-style goals here")
     lo, hi = M.input_bounds(ops, x, eps, *net.input_range)
-    out = _propagate(net, M.abstract_input(ops, lo, hi, goal.analysis), goal.analysis, ops, params)
+    out = _propagate(net, M.abstract_input(ops, lo, hi, goal.analysis), goal.analysis, ops, params, deep=deep)
     if not isinstance(goal, CrownIbpGoal):
         return margin_cross_entropy(ops, M.margin_lower(ops, out, onehot), onehot)
     beta: Any = betas.get(id(goal))
@@ -240,16 +249,17 @@ def _attack(net: Any, goal: Attack, ops: TrainOps, params: Mapping[str, Mapping[
 
 def _leaf_loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str, Value]], x: Value,
                eps: Value, label: Value, onehot: Value, logits: dict[str, Value], stats: dict[str, Value] | None,
-               betas: dict[int, Value]) -> Value:
+               betas: dict[int, Value], deep: list[tuple[Any, Any]]) -> Value:
     """The per-example loss (N,) of one leaf goal. The first clean forward's logits are kept in
-    ``logits`` and its running statistics in ``stats`` (if not None)."""
+    ``logits`` and its running statistics in ``stats`` (if not None); an abstract pass's DeepLoss
+    pairs go to ``deep``."""
     if isinstance(goal, PointGoal) and goal.name == "Point":
         first = "point" not in logits
         out = _propagate(net, x, net.analysis("Point()"), ops, params, stats if first else None)
         logits.setdefault("point", out)
         return point_cross_entropy(ops, out, onehot)
     if isinstance(goal, LinearGoal):
-        return _linear_leaf(net, goal, ops, params, x, eps, onehot, betas)
+        return _linear_leaf(net, goal, ops, params, x, eps, onehot, betas, deep)
     if isinstance(goal, Attack):
         xa = _attack(net, goal, ops, params, x, eps, label, onehot)
         return point_cross_entropy(ops, _propagate(net, xa, net.analysis("Point()"), ops, params), onehot)
@@ -258,7 +268,7 @@ def _leaf_loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping
             raise _error(f"{goal} sets its own width w: a training-step graph takes the width as its epsilon input",
                          help=f"export {goal.name}() and feed epsilon")
         lo, hi = M.input_bounds(ops, x, eps, *net.input_range)
-        out = _propagate(net, M.abstract_input(ops, lo, hi, goal.analysis), goal.analysis, ops, params)
+        out = _propagate(net, M.abstract_input(ops, lo, hi, goal.analysis), goal.analysis, ops, params, deep=deep)
         return abstract_loss(ops, out, onehot, cross=goal.cross_loss, log_loss=goal.log_loss, pow_loss=goal.pow_loss,
                              tot_weight=_number(goal.tot_weight, "tot_weight"),  # type: ignore[arg-type]
                              width_weight=_number(goal.width_weight, "width_weight"))  # type: ignore[arg-type]
@@ -287,14 +297,19 @@ def _loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str,
     scheduled = _betas(goal)
     beta_in = ops.input(BETAS, (len(scheduled),), batched=False) if scheduled else None
     betas = {id(g): ops.reshape(ops.slice(beta_in, 0, i, i + 1), ()) for i, g in enumerate(scheduled)}
-    per = [_leaf_loss(net, leaf, ops, params, x, eps, label, onehot, logits, stats, betas) for leaf in leaves]
+    deeps: list[list[tuple[Any, Any]]] = [[] for _ in leaves]
+    per = [_leaf_loss(net, leaf, ops, params, x, eps, label, onehot, logits, stats, betas, d)
+           for leaf, d in zip(leaves, deeps)]
     total = per[0]
+    weight: list[Any] = [1.0]
     if isinstance(goal, DList) or len(leaves) > 1:
         weights = ops.input(WEIGHTS, (len(leaves),), batched=False)
+        weight = [ops.reshape(ops.slice(weights, 0, i, i + 1), ()) for i in range(len(leaves))]
         total = None
-        for i, p in enumerate(per):
-            term = ops.mul(ops.reshape(ops.slice(weights, 0, i, i + 1), ()), p)
+        for w, p in zip(weight, per):
+            term = ops.mul(w, p)
             total = term if total is None else ops.add(total, term)
+    total = _blend_deep_losses(net, goal, ops, total, weight, deeps)
     count = ops.emit("Cast", [ops.emit("Shape", [total], (1,), np.int64)], (1,), np.float32, to=onnx_type(np.float32))
     loss = ops.div(ops.sum(total, [0]), ops.reshape(count, ()))
     if stats is None:
@@ -306,6 +321,59 @@ def _loss(net: Any, goal: Goal, ops: TrainOps, params: Mapping[str, Mapping[str,
     right = ops.emit("Cast", [ops.emit("Equal", [best, label], best.shape, np.bool_)], best.shape, np.int64,
                      to=onnx_type(np.int64))
     return loss, ops.emit("ReduceSum", [right], (), np.int64, keepdims=0)
+
+
+def _deep_bws(net: Any, goal: Goal) -> list[Any]:
+    """The bw of each DeepLoss position the goal's abstract passes record, in their order; E502 when the
+    passes disagree (then torch's position-by-position sum is not defined)."""
+    positions = None
+    for leaf in goal_leaves(goal):
+        analysis = getattr(leaf, "analysis", None)
+        if analysis is None or analysis.kind == "point" or isinstance(leaf, Attack):
+            continue
+        steps, _ = net.plan(analysis, True)
+        bws = [st.node.attrs["bw"] for st in steps if st.node.op == "DeepLoss"]
+        if positions is not None and len(bws) != len(positions):
+            raise _error(f"the goal {goal}'s abstract passes record different DeepLoss positions",
+                         help="train this goal with absc train (torch)")
+        positions = bws
+    return positions or []
+
+
+def _blend_deep_losses(net: Any, goal: Goal, ops: TrainOps, total: Value, weight: list[Any],
+                       deeps: list[list[tuple[Any, Any]]]) -> Value:
+    """``goal_loss``'s DeepLoss blend: per position in network order, L ← (1 − b)·L + b·Σ d over the
+    abstract terms computed now (a leaf weighing 0 now is not computed in torch, so its d is masked);
+    no blend when no abstract term is computed. Scheduled bws are the input ``goal_deep``."""
+    bws = _deep_bws(net, goal)
+    if not bws:
+        return total
+    scheduled = [i for i, bw in enumerate(bws) if not isinstance(as_schedule(bw), Const)]
+    deep_in = ops.input(DEEP, (len(scheduled),), batched=False) if scheduled else None
+    live = [w if isinstance(w, float) else ops.where(ops.greater(w, 0.0), 1.0, 0.0) for w in weight]
+    any_live = None
+    summed: list[Any] = [None] * len(bws)
+    for w, d in zip(live, deeps):
+        if not d:
+            continue
+        if len(d) != len(bws):
+            raise _error("a pass recorded DeepLoss positions the plan does not show")
+        any_live = w if any_live is None else ops.maximum(any_live, w)
+        for i, (_, v) in enumerate(d):
+            v = v if isinstance(w, float) else ops.mul(w, v)
+            summed[i] = v if summed[i] is None else ops.add(summed[i], v)
+    if any_live is None:
+        return total
+    for i, (bw, d) in enumerate(zip(bws, summed)):
+        if i in scheduled:
+            b = ops.reshape(ops.slice(deep_in, 0, scheduled.index(i), scheduled.index(i) + 1), ())
+        else:
+            b = max(float(as_schedule(bw).value(0.0)), 0.0)
+            if b == 0.0:
+                continue
+        b = b if isinstance(any_live, float) and isinstance(b, float) else ops.mul(any_live, b)
+        total = ops.add(ops.mul(ops.sub(1.0, b), total), ops.mul(b, d))
+    return total
 
 
 def _sgd(ops: TrainOps, p: Value, g: Value, lr: Value, name: str, momentum: float, nesterov: bool,

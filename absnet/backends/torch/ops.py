@@ -105,6 +105,10 @@ class TorchOps:
         return F.pad(x, flat, value=value)
 
     def topk(self, x: torch.Tensor, k: int, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k largest along ``axis``, largest first; equal values in index order (ONNX TopK's rule),
+        so results that depend on the order of ties (DeepLoss's sort) match the ONNX and TF backends."""
+        if k == x.shape[axis]:  # a whole sort: the stable one puts ties in index order
+            return torch.sort(x, dim=axis, descending=True, stable=True)
         v, i = torch.topk(x, k, dim=axis, largest=True, sorted=True)
         return v, i
 

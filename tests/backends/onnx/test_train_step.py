@@ -330,6 +330,40 @@ def test_linear_and_attack_goal_steps_match_torch(goal: str, time: float, one_th
     assert_trained_alike(trainer, ref, net)
 
 
+DEEP_SRC = ("network DL { input [1, 8, 8] range [0, 1]  Conv2d(4, kernel=3, stride=2) ReLU() DeepLoss(bw=BW1) "
+            "Flatten() Linear(16) ReLU() DeepLoss(bw=BW2) Linear(10) }")
+
+
+@pytest.mark.parametrize("goal, bws, time", [
+    ("HBox()", ("0.3", "0.1"), 0.0),  # constant weights: part of the graph
+    ("LinMix(a=Point(), b=Box(), bw=Lin(0, 1, 2))", ("Lin(0, 0.5, 2)", "0.2"), 1.0),  # a scheduled bw: goal_deep
+    ("LinMix(a=Point(), b=ZNIPS(), bw=0)", ("0.3", "0.2"), 0.0),  # the abstract member weighs 0: no blend
+    ("CROWN_IBP(beta=0.5, kappa=0.5)", ("0.3", "Lin(0.1, 0.4, 3)"), 2.0),
+])
+def test_deep_loss_blends_like_torch(goal: str, bws: tuple[str, str], time: float, one_thread: None) -> None:
+    """DeepLoss regularisers recorded by the abstract passes are blended position by position as goal_loss does."""
+    from absnet.backends.onnx.train_step import goal_inputs
+
+    src = DEEP_SRC.replace("BW1", bws[0]).replace("BW2", bws[1])
+    net = absnet.compile_source(src)
+    ref = absnet.compile_source(src)
+    ref.load_state_dict(net.state_dict())
+    g = parse_goal(goal)
+    trainer = OnnxTrainer(export_train_step(net, goal=g, optimizer="sgd"), net, threads=1)
+    o = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    ref.train()
+    for x, y in _batches(5):
+        ctx = GoalContext(net=ref, time=time, epsilon=0.05, rng=random.Random(0), generator=torch.Generator())
+        got = trainer.step(x.numpy(), y.numpy(), lr=0.05, epsilon=0.05, goal=goal_inputs(g, ctx))
+        loss, stats = goal_loss(g, ctx, x, y)
+        assert got == pytest.approx(loss.item(), rel=1e-4)
+        o.zero_grad()
+        loss.backward()
+        o.step()
+    assert stats["deep"] == (0 if "bw=0)" in goal else 2)  # the test covers both a blend and none
+    assert_trained_alike(trainer, ref, net)
+
+
 def test_unsupported_goal_is_an_e502() -> None:
     net = absnet.compile_source(SRC)
     for goal in ("PGD(k=2, restart=1)", "AlphaCROWN()", "Box(w=0.1)", "Coin(Point(), Box())", "CROWN_IBP(w=0.1)",
