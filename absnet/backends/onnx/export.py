@@ -45,15 +45,23 @@ def _error(message: str, help: str | None = None) -> AbsnetError:
     return AbsnetError(Diagnostic("E502", message, help=help))
 
 
+def torch_only(analysis: Analysis) -> tuple[str, str] | None:
+    """Why ``analysis`` runs in the torch backend only, and what to use instead (None: it stages)."""
+    if analysis.alpha_iters:
+        return (f"{analysis} optimises ReLU slopes by gradient steps: it runs in the torch backend only",
+                "CROWN() (AlphaCROWN's starting point, never tighter), or net.bounds in torch")
+    if analysis.proj:
+        return (f"{analysis} estimates bounds with random projections: it runs in the torch backend only",
+                "WongKolter() (the exact dual bound) or CROWN()")
+    return None
+
+
 def check_exportable(analysis: Analysis, input_spec: str = "ball", margins: bool = False,
                      opset: int = DEFAULT_OPSET) -> None:
     """Raise E502 when ``analysis`` (with these options) has no ONNX analysis graph."""
-    if analysis.alpha_iters:
-        raise _error(f"{analysis} optimises ReLU slopes by gradient steps: it runs in the torch backend only",
-                     help="export CROWN() (AlphaCROWN's starting point, never tighter) or use net.bounds in torch")
-    if analysis.proj:
-        raise _error(f"{analysis} estimates bounds with random projections: it runs in the torch backend only",
-                     help="export WongKolter() (the exact dual bound) or CROWN()")
+    why = torch_only(analysis)
+    if why is not None:
+        raise _error(why[0], help=f"export {why[1]}")
     if input_spec not in ("ball", "box"):
         raise _error(f"input_spec must be 'ball' or 'box', not {input_spec!r}",
                      help="ball: inputs input and epsilon (an L∞ ball); box: inputs input_lower and input_upper")

@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from absnet.backends.onnx.export import propagate, stage_parameters
+from absnet.backends.onnx.export import propagate, stage_parameters, torch_only
 from absnet.backends.tensorflow.ops import TfOps, require_tensorflow
 from absnet.diagnostics import AbsnetError, Diagnostic
 from absnet.ir.domains import Analysis
@@ -31,12 +31,9 @@ def _error(message: str, help: str | None = None) -> AbsnetError:
 
 def check_supported(analysis: Analysis) -> None:
     """Raise E505 when ``analysis`` has no TensorFlow realisation (the torch-only analyses)."""
-    if analysis.alpha_iters:
-        raise _error(f"{analysis} optimises ReLU slopes by gradient steps: it runs in the torch backend only",
-                     help="analyse with CROWN() (AlphaCROWN's starting point, never tighter) or use net.bounds")
-    if analysis.proj:
-        raise _error(f"{analysis} estimates bounds with random projections: it runs in the torch backend only",
-                     help="analyse with WongKolter() (the exact dual bound) or CROWN()")
+    why = torch_only(analysis)
+    if why is not None:
+        raise _error(why[0], help=f"analyse with {why[1]}")
 
 
 def tf_parameters(net: Any, variables: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:

@@ -309,25 +309,32 @@ def test_step_runs_in_the_reference_evaluator_like_onnxruntime() -> None:
 def test_linear_and_attack_goal_steps_match_torch(goal: str, time: float, one_thread: None) -> None:
     """Five SGD steps of the linear-bound goals through conv layers (ConvTranspose and vector-MatMul
     VJPs) and of the attacks (their sign steps unrolled in the graph)."""
+    five_steps_against_torch(SRC, goal, time, 0.03)
+
+
+def five_steps_against_torch(src: str, goal: str, time: float, eps: float) -> dict[str, float]:
+    """Five SGD steps of ``goal`` at schedule time ``time`` in onnxruntime and in torch: equal losses at
+    every step and equal trained parameters. Returns torch's last goal_loss stats."""
     from absnet.backends.onnx.train_step import goal_inputs
 
-    net = absnet.compile_source(SRC)
-    ref = absnet.compile_source(SRC)
+    net = absnet.compile_source(src)
+    ref = absnet.compile_source(src)
     ref.load_state_dict(net.state_dict())
     g = parse_goal(goal)
     trainer = OnnxTrainer(export_train_step(net, goal=g, optimizer="sgd"), net, threads=1)
     o = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
     ref.train()
-    losses = []
+    stats: dict[str, float] = {}
     for x, y in _batches(5):
-        ctx = GoalContext(net=ref, time=time, epsilon=0.03, rng=random.Random(0), generator=torch.Generator())
-        losses.append(trainer.step(x.numpy(), y.numpy(), lr=0.05, epsilon=0.03, goal=goal_inputs(g, ctx)))
-        loss, _ = goal_loss(g, ctx, x, y)
-        assert losses[-1] == pytest.approx(loss.item(), rel=1e-4)
+        ctx = GoalContext(net=ref, time=time, epsilon=eps, rng=random.Random(0), generator=torch.Generator())
+        got = trainer.step(x.numpy(), y.numpy(), lr=0.05, epsilon=eps, goal=goal_inputs(g, ctx))
+        loss, stats = goal_loss(g, ctx, x, y)
+        assert got == pytest.approx(loss.item(), rel=1e-4)
         o.zero_grad()
         loss.backward()
         o.step()
     assert_trained_alike(trainer, ref, net)
+    return stats
 
 
 DEEP_SRC = ("network DL { input [1, 8, 8] range [0, 1]  Conv2d(4, kernel=3, stride=2) ReLU() DeepLoss(bw=BW1) "
@@ -342,26 +349,8 @@ DEEP_SRC = ("network DL { input [1, 8, 8] range [0, 1]  Conv2d(4, kernel=3, stri
 ])
 def test_deep_loss_blends_like_torch(goal: str, bws: tuple[str, str], time: float, one_thread: None) -> None:
     """DeepLoss regularisers recorded by the abstract passes are blended position by position as goal_loss does."""
-    from absnet.backends.onnx.train_step import goal_inputs
-
-    src = DEEP_SRC.replace("BW1", bws[0]).replace("BW2", bws[1])
-    net = absnet.compile_source(src)
-    ref = absnet.compile_source(src)
-    ref.load_state_dict(net.state_dict())
-    g = parse_goal(goal)
-    trainer = OnnxTrainer(export_train_step(net, goal=g, optimizer="sgd"), net, threads=1)
-    o = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
-    ref.train()
-    for x, y in _batches(5):
-        ctx = GoalContext(net=ref, time=time, epsilon=0.05, rng=random.Random(0), generator=torch.Generator())
-        got = trainer.step(x.numpy(), y.numpy(), lr=0.05, epsilon=0.05, goal=goal_inputs(g, ctx))
-        loss, stats = goal_loss(g, ctx, x, y)
-        assert got == pytest.approx(loss.item(), rel=1e-4)
-        o.zero_grad()
-        loss.backward()
-        o.step()
+    stats = five_steps_against_torch(DEEP_SRC.replace("BW1", bws[0]).replace("BW2", bws[1]), goal, time, 0.05)
     assert stats["deep"] == (0 if "bw=0)" in goal else 2)  # the test covers both a blend and none
-    assert_trained_alike(trainer, ref, net)
 
 
 def test_unsupported_goal_is_an_e502() -> None:
