@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 
-import absnet
 from absnet.backends.torch.export import (
     compile_target,
     example_inputs,
@@ -42,57 +41,13 @@ _spec.loader.exec_module(ZOO)  # type: ignore[union-attr]
 EXPORTABLE = [str(a) for a in ANALYSES.values() if not a.alpha_iters and not a.proj]
 BATCHES = (1, 4)
 
-# Op families the zoo lacks, and directives that stay active in eval mode.
-SOURCE = """
-network Ops {
-  input [2, 6, 6] range [0, 1]
-  Normalize(mean=[0.5, 0.4], std=[0.25, 0.3])
-  Conv2d(3, kernel=3, padding=1)  BatchNorm2d()  ReLU()
-  MaxPool2d(2)
-  Concat(axis=1) {
-    branch { }
-    branch { Conv2d(2, kernel=3, padding=1)  Sigmoid() }
-  }
-  AvgPool2d(2, stride=1, padding=1)
-  Add {
-    branch { Tanh() }
-    branch { LeakyReLU(negative_slope=0.1) }
-  }
-  CorrMaxK(4, only_train=false)
-  Flatten()
-  Linear(10)  BatchNorm1d()  ELU()
-  DecorrMin(6, only_train=false)
-  Linear(8)  Softplus()
-  Linear(4)
-}
-
-network Rand {
-  input [1, 6, 6] range [0, 1]
-  Conv2d(2, kernel=3)  ReLU()
-  Flatten()
-  Linear(6)  ReLU()
-  DecorrRand(3, only_train=false)
-  Linear(3)
-}
-"""
-
-
-@functools.cache
-def network(name: str) -> Any:
-    """An eval-mode network: a zoo model at the zoo test's small size, or one of SOURCE's."""
-    if name in ("Ops", "Rand"):
-        net = absnet.compile_source(SOURCE, name, seed=0)
-    else:
-        path = next(f for f, n in ZOO.CASES if n == name)
-        net = absnet.compile_file(path, name, args=ZOO.ARGS.get(name, {"size": 8}), seed=0)
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():  # BatchNorm with non-trivial statistics
-        for key, t in net.state_dict().items():
-            if key.endswith("running_mean"):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.3)
-            elif key.endswith("running_var"):
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-    return net.eval()
+# the ONNX tests' small networks (their op mix, eval-mode directives and random directives), built and
+# given non-trivial BatchNorm statistics the same way
+_cases = importlib.util.spec_from_file_location("onnx_export_cases", ROOT / "tests" / "backends" / "onnx" /
+                                                "test_onnx_export.py")
+EXPORT = importlib.util.module_from_spec(_cases)  # type: ignore[arg-type]
+_cases.loader.exec_module(EXPORT)  # type: ignore[union-attr]
+network = EXPORT.network
 
 
 @functools.cache
@@ -126,7 +81,7 @@ def check(fn: Any, name: str, domain: str, input_spec: str = "ball", margins: bo
 
 DEFAULT = [("FFNN", d) for d in EXPORTABLE if d in (
     "Point()", "Box()", "HBox()", "ZNIPS()", "CROWN()", "CROWN_IBP()", "DeepPoly()")]
-DEFAULT += [("Ops", "HBox()")]  # FastLin, ConvSmall and the rest: the slow matrix below
+DEFAULT += [("Mix", "HBox()")]  # FastLin, ConvSmall and the rest: the slow matrix below
 
 
 @pytest.mark.parametrize(("name", "domain"), DEFAULT, ids=[f"{n}-{d}" for n, d in DEFAULT])
@@ -223,7 +178,7 @@ def test_torch_only_analyses_raise_e502(domain: str) -> None:
 def test_random_directive_raises_e502() -> None:
     with pytest.raises(AbsnetError) as err:
         export_program(network("Rand"), domain="HBox()")
-    assert err.value.diagnostics[0].code == "E502" and "DecorrRand" in str(err.value)
+    assert err.value.diagnostics[0].code == "E502" and "CorrRand" in str(err.value)  # Rand's first random one
 
 
 @pytest.mark.parametrize("target", [pytest.param("export", marks=pytest.mark.slow), "torchscript"])
@@ -244,7 +199,7 @@ def test_compile_target_rejects_other_targets(tmp_path: Path) -> None:
     assert err.value.diagnostics[0].code == "E502"
 
 
-SLOW_NETS = [n for _, n in ZOO.CASES if n not in ZOO.HEAVY] + ["Ops"]
+SLOW_NETS = [n for _, n in ZOO.CASES if n not in ZOO.HEAVY] + ["Mix", "Dirs"]
 FULL = [(n, d) for n in SLOW_NETS for d in EXPORTABLE if (n, d) not in DEFAULT]
 
 
@@ -264,7 +219,7 @@ def test_zoo_exported_programs_equal_torch(name: str, domain: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ConvSmall", "ResNetWong", "Ops"])  # + FFNN CROWN by default
+@pytest.mark.parametrize("name", ["ConvSmall", "ResNetWong", "Mix"])  # + FFNN CROWN by default
 def test_zoo_torchscript_equals_torch(name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
