@@ -302,6 +302,7 @@ def test_tf_training_steps_match_torch_optim(goal: str, opt: str) -> None:
 @pytest.mark.parametrize("opt, kw", [
     ("sgd", {"momentum": 0.0}), ("sgd", {"momentum": 0.8, "nesterov": True, "weight_decay": 1e-2}),
     ("adam", {"betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 1e-2}),
+    ("adamw", {"weight_decay": 5e-2}),  # decoupled decay
 ])
 def test_optimizer_options_and_point_goal_match_torch(opt: str, kw: dict) -> None:
     net = absnet.compile_source(STEP.SRC)
@@ -312,7 +313,8 @@ def test_optimizer_options_and_point_goal_match_torch(opt: str, kw: dict) -> Non
     for x, y in batches:
         trainer.step(x, y, lr=0.05, epsilon=0.05)
     ref.train()
-    o = (torch.optim.SGD if opt == "sgd" else torch.optim.Adam)(ref.parameters(), lr=0.05, **kw)
+    o = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[opt](ref.parameters(), lr=0.05,
+                                                                                          **kw)
     for x, y in batches:
         loss = torch.nn.functional.cross_entropy(ref(x), y)
         o.zero_grad()

@@ -13,7 +13,8 @@ skipped, as torch skips ``p.grad is None``):
 - ``sgd``: b ← μ·b + g (b starts at 0, so the first step is b = g); θ ← θ − lr·b, or with
   ``nesterov`` θ ← θ − lr·(g + μ·b);
 - ``adam``: t ← t + 1; m ← m + (1 − β₁)(g − m); v ← β₂v + (1 − β₂)g²;
-  θ ← θ − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + eps), the bias corrections in float64 as torch's.
+  θ ← θ − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + eps), the bias corrections in float64 as torch's;
+- ``adamw``: Adam with decoupled decay, θ ← θ·(1 − lr·λ) before the Adam step (g not decayed).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class TfTrainer:
                  nesterov: bool = False, seed: int = 0, jit: bool = True):
         tf = require_tensorflow()
         if optimizer not in OPTIMIZERS:
-            raise _error(f"unknown optimizer {optimizer!r}", help="use 'sgd' or 'adam'")
+            raise _error(f"unknown optimizer {optimizer!r}", help="use 'sgd', 'adam' or 'adamw'")
         if len(net.output_shape) != 1:
             raise _error(f"training needs flat outputs (classes), but {net.name} outputs {list(net.output_shape)}")
         self.net, self.goal, self.optimizer = net, _goal(goal), optimizer
@@ -75,7 +76,7 @@ class TfTrainer:
         for k, v in self.variables.items():
             if optimizer == "sgd" and momentum:
                 self.slots[f"{k}.momentum_buffer"] = tf.Variable(tf.zeros_like(v))
-            elif optimizer == "adam":
+            elif optimizer in ("adam", "adamw"):
                 self.slots[f"{k}.exp_avg"] = tf.Variable(tf.zeros_like(v))
                 self.slots[f"{k}.exp_avg_sq"] = tf.Variable(tf.zeros_like(v))
         self.steps = tf.Variable(0.0, dtype=tf.float64)  # Adam's t
@@ -129,7 +130,7 @@ class TfTrainer:
             loss = self.loss(x, label, epsilon)
         grads = tape.gradient(loss, [self.variables[k] for k in names])
         lr32 = tf.cast(lr, tf.float32)
-        if self.optimizer == "adam":
+        if self.optimizer in ("adam", "adamw"):
             t = self.steps.assign_add(1.0)
             b1, b2 = (tf.constant(b, tf.float64) for b in self.betas)
             size = tf.cast(lr / (1.0 - tf.pow(b1, t)), tf.float32)
@@ -138,7 +139,9 @@ class TfTrainer:
             if g is None:  # torch skips parameters whose grad is None
                 continue
             p = self.variables[k]
-            if self.weight_decay:
+            if self.weight_decay and self.optimizer == "adamw":  # decoupled: θ ← θ·(1 − lr·λ) first
+                p.assign(p * (1.0 - lr32 * self.weight_decay))
+            elif self.weight_decay:
                 g = g + p * self.weight_decay
             if self.optimizer == "sgd":
                 d = g
