@@ -26,8 +26,9 @@ class Engine(Protocol):
     """One training step on a batch, and syncing the trainer's net/optimiser with the engine's state."""
 
     def step(self, ctx: Any, x: torch.Tensor, y: torch.Tensor, lr: float,
-             check: Callable[[float], None]) -> tuple[float, int]:
-        """Update the parameters on ``(x, y)``; return the batch-mean loss before the update and how
+             check: Callable[[float], None], total: int | None = None) -> tuple[float, int]:
+        """Update the parameters on ``(x, y)``, this process's part of a global batch of ``total``
+        examples (default ``len(x)``); return the global batch-mean loss before the update and how
         many examples the clean forward (training mode) classified correctly. ``check(loss)`` is
         called, before any update, when the loss is not finite (it raises)."""
         ...

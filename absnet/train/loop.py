@@ -313,7 +313,6 @@ class Trainer:
         start = time.perf_counter()
         eps = 0.0
         sizes = self.train_loader.batch_sizes(pos)
-        step_kw: dict[str, Any] = {}
         for (x, y), size in zip(self.train_loader.epoch(start_example=pos), sizes):
             i = pos // G  # the batch's index (fractional positions only after a resume with another batch)
             t = (epoch - 1) + min((pos / G + 1) / n, 1.0)
@@ -321,10 +320,9 @@ class Trainer:
             eps = cfg.epsilon.value(t, self.goal_rng)
             ctx = GoalContext(net=net, time=t, epsilon=eps, rng=self.goal_rng, generator=self.goal_gen,
                               amp=self.amp)
-            if self.dist.enabled or cfg.accumulate > 1:
-                step_kw = {"total": size}  # the engine weighs this rank's part by its share
+            # total: the engine weighs this rank's part by its share of the step's global batch
             value, correct = self.engine.step(ctx, x, y, lr, check=partial(self._nonfinite, epoch=epoch, i=i, n=n),
-                                              **step_kw)
+                                              total=size)
             pos += size
             p = self.partial
             p["loss"] += value * size

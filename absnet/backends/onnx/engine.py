@@ -70,7 +70,9 @@ class OnnxEngine:
         self.load()
 
     def step(self, ctx: Any, x: torch.Tensor, y: torch.Tensor, lr: float,
-             check: Callable[[float], None]) -> tuple[float, int]:
+             check: Callable[[float], None], total: int | None = None) -> tuple[float, int]:
+        # one process, no accumulation (build_engine refuses both): the batch is the whole step
+        assert total is None or total == x.shape[0]
         tr = self.trainer
         extra = goal_inputs(self.goal, ctx) if tr.goal_inputs else None
         before = dict(tr.state)
