@@ -58,6 +58,9 @@ class OnnxEngine:
                  log: Callable[[str], None] | None = None):
         self.net, self.optimizer, self.goal = net, optimizer, cfg.goal
         self.opt = _optimizer_args(cfg)
+        #: optimiser state per parameter: the graph's input suffix → torch's state key
+        self.slots = ({"momentum_buffer": "momentum_buffer"} if self.opt["momentum"] else {}) \
+            if self.opt["optimizer"] == "sgd" else {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
         model = export_train_step(net, goal=cfg.goal, grad_clip=cfg.grad_clip, correct=True, **self.opt)
         self.trainer = OnnxTrainer(model, net, threads=torch.get_num_threads())
         self.params = [(k, p) for k, p in net.named_parameters() if p.requires_grad]
@@ -83,12 +86,6 @@ class OnnxEngine:
             check(loss)
         return loss, int(tr.last["correct"])
 
-    def _slots(self) -> dict[str, str]:
-        """Optimiser state names: the graph's suffix → torch's state key."""
-        if self.opt["optimizer"] == "sgd":
-            return {"momentum_buffer": "momentum_buffer"} if self.opt["momentum"] else {}
-        return {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
-
     def sync(self) -> None:
         st = self.trainer.state
         with torch.no_grad():
@@ -96,11 +93,10 @@ class OnnxEngine:
                 b.copy_(torch.from_numpy(st[name]))
             for name, p in self.params:
                 p.copy_(torch.from_numpy(st[name]))
-                slots = self._slots()
-                if not slots:
+                if not self.slots:
                     continue
                 state = self.optimizer.state[p]
-                for suffix, key in slots.items():
+                for suffix, key in self.slots.items():
                     state[key] = torch.from_numpy(st[f"{name}.{suffix}"].copy()).to(p.device)
                 if "step" in st:
                     state["step"] = torch.tensor(float(st["step"]))
@@ -112,7 +108,7 @@ class OnnxEngine:
         for name, p in self.params:
             st[name] = p.detach().cpu().float().numpy().copy()
             state = self.optimizer.state.get(p, {})
-            for suffix, key in self._slots().items():
+            for suffix, key in self.slots.items():
                 v = state.get(key)
                 st[f"{name}.{suffix}"] = (np.zeros(st[name].shape, np.float32) if v is None
                                           else v.detach().cpu().float().numpy().copy())
